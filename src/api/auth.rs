@@ -1,0 +1,105 @@
+//! `/api/auth/*`: login, refresh, logout, me.
+
+use serde::Deserialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::router::{Request, json, no_content};
+use super::views::{TokenView, UserView};
+use crate::auth::token::{Issued, TokenError};
+use crate::db::{AuditEntry, UserChange};
+use crate::error::{Error, Result};
+use crate::model::now_unix;
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// Attempted usernames are attacker-chosen; keep what reaches the audit log short.
+fn clip(name: &str) -> String {
+    name.chars().take(64).collect()
+}
+
+pub async fn login(req: Request) -> Result<Response> {
+    let body: LoginBody = req.json()?;
+    let state = &req.state;
+    let ip = req.client_ip();
+    if let Err(retry_after) = state.limiter.check(ip, &body.username) {
+        return Err(Error::TooManyRequests { retry_after });
+    }
+    let name = body.username.clone();
+    let user = if crate::model::validate_username(&name).is_ok() {
+        state.db.run(move |db| db.user_by_name(&name)).await?
+    } else {
+        None
+    };
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = state.hasher.verify(body.password, hash).await?;
+    let user = match user {
+        Some(u) if verified && !u.disabled => u,
+        _ => {
+            state.limiter.record_failure(ip, &body.username);
+            let entry = AuditEntry::new(clip(&body.username), "login_failed").ip(ip);
+            state.db.run(move |db| db.append_audit(&entry)).await?;
+            tracing::info!(target: "orchard::audit", username = %clip(&body.username), "login failed");
+            return Err(Error::BadCredentials);
+        }
+    };
+    state.limiter.record_success(ip, &user.username);
+    let issued = state.tokens.issue(&user).map_err(|_| Error::Unauthorized)?;
+    let entry = AuditEntry::new(user.username.clone(), "login").ip(ip);
+    state.db.run(move |db| db.append_audit(&entry)).await?;
+    Ok(token_response(&issued))
+}
+
+fn token_response(issued: &Issued) -> Response {
+    json(
+        StatusCode::OK,
+        &TokenView {
+            access_token: issued.token.clone(),
+            token_type: "Bearer",
+            expires_in: issued.claims.exp.saturating_sub(now_unix()),
+        },
+    )
+}
+
+pub async fn refresh(req: Request) -> Result<Response> {
+    let actor = req.actor()?;
+    let issued = req
+        .state
+        .tokens
+        .refresh(&actor.user, actor.claims.auth_time)
+        .map_err(|e| match e {
+            TokenError::SessionOver | TokenError::Expired | TokenError::Invalid => {
+                Error::Unauthorized
+            }
+        })?;
+    Ok(token_response(&issued))
+}
+
+/// Revokes every token of the caller (the token version is bumped).
+pub async fn logout(req: Request) -> Result<Response> {
+    let actor = req.actor()?;
+    let uuid = actor.user.uuid;
+    let entry = AuditEntry::new(actor.user.username.clone(), "logout").ip(req.client_ip());
+    req.state
+        .db
+        .run(move |db| {
+            db.update_user(
+                uuid,
+                UserChange {
+                    bump_token_version: true,
+                    ..Default::default()
+                },
+                Some(entry),
+            )
+        })
+        .await?;
+    Ok(no_content())
+}
+
+pub async fn me(req: Request) -> Result<Response> {
+    Ok(json(StatusCode::OK, &UserView::from(&req.actor()?.user)))
+}

@@ -1,0 +1,79 @@
+//! The command line: `serve`, `user …`, `--version`, `help`.
+
+pub mod user;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "orchard",
+    version,
+    about = "A self-contained host daemon for virtual machines and containers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command that opens the data directory.
+#[derive(Args, Clone, Default)]
+pub struct Common {
+    /// Configuration file (TOML)
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// State directory (overrides storage.data_dir)
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Listen address, IP:port (overrides http.listen)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Administer users offline, directly on the database (the daemon must be stopped)
+    User {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserAction {
+    /// Create a user; the password is read from standard input
+    Add {
+        username: String,
+        /// Read the password from standard input (passwords are never taken from argv)
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// administrator or client
+        #[arg(long, default_value = "client")]
+        account_type: String,
+        /// A permission to grant (repeatable); administrators get all of them when none is given
+        #[arg(long = "permission", value_name = "PERMISSION")]
+        permissions: Vec<String>,
+    },
+    /// Set a user's password from standard input (revokes the user's tokens)
+    Passwd {
+        username: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Delete a user
+    Del { username: String },
+    /// List users
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,526 @@
+//! One configuration: built-in defaults < TOML file < `ORCHARD_<SECTION>_<KEY>` env < flags.
+//!
+//! Every interval and limit of the contract is a key here, so tests can shorten them.
+//! Durations are whole seconds. Secrets are never configuration values: the admin password
+//! comes from `ORCHARD_ADMIN_PASSWORD` (read once, then removed from the environment) and the
+//! signing key lives in the data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: Http,
+    pub storage: Storage,
+    pub plugins: Plugins,
+    pub tls: Tls,
+    pub auth: Auth,
+    pub log: Log,
+    pub machines: Machines,
+    pub vms: Vms,
+    pub clusters: Clusters,
+    pub agents: Agents,
+    pub fleet: Fleet,
+    pub simulator: Simulator,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    pub listen: String,
+    pub allowed_origins: Vec<String>,
+    pub public_url: Option<String>,
+    pub allow_insecure: bool,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: u64,
+    /// Seconds a graceful shutdown waits for requests in flight.
+    pub shutdown_grace: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            allowed_origins: Vec::new(),
+            public_url: None,
+            allow_insecure: false,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    pub data_dir: PathBuf,
+    /// Audit entries kept; older ones are pruned.
+    pub audit_keep: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./orchard-data"),
+            audit_keep: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Plugins {
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    pub token_ttl: u64,
+    pub session_max: u64,
+    /// Failed logins allowed per (client IP, username) within `login_window`.
+    pub login_max_failures: u32,
+    pub login_window: u64,
+    /// Password hashes computed at once (each takes ~19 MiB and ~20 ms).
+    pub hash_concurrency: usize,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            token_ttl: 3600,
+            session_max: 43_200,
+            login_max_failures: 5,
+            login_window: 60,
+            hash_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(2),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// A tracing filter directive (`RUST_LOG` wins when set).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Machines {
+    pub dynamic_interval: u64,
+    pub connections_interval: u64,
+    pub disks_interval: u64,
+}
+
+impl Default for Machines {
+    fn default() -> Self {
+        Self {
+            dynamic_interval: 1,
+            connections_interval: 10,
+            disks_interval: 120,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Vms {
+    pub metrics_interval: u64,
+    pub ping_interval: u64,
+}
+
+impl Default for Vms {
+    fn default() -> Self {
+        Self {
+            metrics_interval: 5,
+            ping_interval: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Clusters {
+    /// Unset: on when listening on loopback, off otherwise.
+    pub anonymous_events: Option<bool>,
+    pub ping_interval: u64,
+    pub pong_wait: u64,
+    pub write_deadline: u64,
+    pub max_message: u64,
+}
+
+impl Default for Clusters {
+    fn default() -> Self {
+        Self {
+            anonymous_events: None,
+            ping_interval: 54,
+            pong_wait: 60,
+            write_deadline: 10,
+            max_message: 512,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Agents {
+    pub auth_timeout: u64,
+    pub command_timeout: u64,
+    pub local_commands: bool,
+}
+
+impl Default for Agents {
+    fn default() -> Self {
+        Self {
+            auth_timeout: 10,
+            command_timeout: 30,
+            local_commands: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fleet {
+    pub interval: u64,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self { interval: 10 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Simulator {
+    pub machines: u32,
+}
+
+impl Default for Simulator {
+    fn default() -> Self {
+        Self { machines: 8 }
+    }
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Environment variables that share the `ORCHARD_` prefix but are not configuration keys.
+const NON_KEY_VARS: &[&str] = &["ORCHARD_ADMIN_PASSWORD"];
+
+impl Config {
+    /// Loads the configuration: defaults, then `file`, then the `ORCHARD_*` variables of
+    /// `env`, then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match toml::Table::try_from(Config::default()) {
+            Ok(t) => t,
+            Err(e) => return Err(ConfigError::Invalid(e.to_string())),
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let from_file: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    })?;
+            merge(&mut table, from_file);
+        }
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("ORCHARD_") && !NON_KEY_VARS.contains(&k.as_str()))
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            apply_env(&mut table, &var, &value)?;
+        }
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| match file {
+                    Some(path) => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    },
+                    None => ConfigError::Invalid(e.message().to_owned()),
+                })?;
+        if let Some(listen) = &overrides.listen {
+            config.http.listen.clone_from(listen);
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.storage.data_dir.clone_from(dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.auth.token_ttl == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.token_ttl must be at least 1".into(),
+            ));
+        }
+        if self.auth.session_max < self.auth.token_ttl {
+            return Err(ConfigError::Invalid(
+                "auth.session_max must be at least auth.token_ttl".into(),
+            ));
+        }
+        if self.auth.hash_concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.hash_concurrency must be at least 1".into(),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(
+                "log.format must be \"text\" or \"json\"".into(),
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key must be set together".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "http.listen {:?} is not an IP:port address",
+                self.http.listen
+            ))
+        })
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.cert.is_some() && self.tls.key.is_some()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.storage.data_dir.join("orchard.redb")
+    }
+}
+
+/// Overlays `from` onto `into`, table by table.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => merge(dst, src),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Applies one `ORCHARD_<SECTION>_<KEY>` variable. The section is the longest known section
+/// name that prefixes the rest; the value is typed after the key's default (a key whose
+/// default is unset takes a string, or a boolean for `*_events`).
+fn apply_env(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        message,
+    };
+    let rest = var.trim_start_matches("ORCHARD_").to_ascii_lowercase();
+    let section = table
+        .keys()
+        .filter(|s| rest.starts_with(&format!("{s}_")))
+        .max_by_key(|s| s.len())
+        .cloned();
+    let Some(section) = section else {
+        return Err(err("no such configuration section".into()));
+    };
+    let key = rest[section.len() + 1..].to_owned();
+    let Some(toml::Value::Table(sec)) = table.get_mut(&section) else {
+        return Err(err("no such configuration section".into()));
+    };
+    let known = Config::option_keys();
+    let value = match sec.get(&key) {
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| err(format!("{section}.{key} takes a whole number")))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+            parse_bool(raw).ok_or_else(|| err(format!("{section}.{key} takes true or false")))?,
+        ),
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        Some(_) => toml::Value::String(raw.to_owned()),
+        None => match known.iter().find(|(s, k, _)| *s == section && *k == key) {
+            Some((_, _, OptionKind::Bool)) => toml::Value::Boolean(
+                parse_bool(raw)
+                    .ok_or_else(|| err(format!("{section}.{key} takes true or false")))?,
+            ),
+            Some((_, _, OptionKind::Str)) => toml::Value::String(raw.to_owned()),
+            None => return Err(err(format!("no configuration key {section}.{key}"))),
+        },
+    };
+    sec.insert(key, value);
+    Ok(())
+}
+
+enum OptionKind {
+    Str,
+    Bool,
+}
+
+impl Config {
+    /// Keys whose default is unset (they do not appear in the serialized defaults).
+    fn option_keys() -> [(&'static str, &'static str, OptionKind); 5] {
+        [
+            ("http", "public_url", OptionKind::Str),
+            ("plugins", "dir", OptionKind::Str),
+            ("tls", "cert", OptionKind::Str),
+            ("tls", "key", OptionKind::Str),
+            ("clusters", "anonymous_events", OptionKind::Bool),
+        ]
+    }
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_work_without_anything() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap_or_default();
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+        assert_eq!(c.storage.data_dir, PathBuf::from("./orchard-data"));
+        assert_eq!(c.auth.token_ttl, 3600);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("orchard-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let file = dir.join("o.toml");
+        std::fs::write(
+            &file,
+            "[http]\nlisten = \"127.0.0.1:1\"\nallowed_origins = [\"https://a\"]\n[auth]\ntoken_ttl = 10\nsession_max = 100\n",
+        )
+        .ok();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("ORCHARD_AUTH_TOKEN_TTL", "20"),
+                ("ORCHARD_HTTP_ALLOWED_ORIGINS", "https://b, https://c"),
+                ("ORCHARD_CLUSTERS_ANONYMOUS_EVENTS", "false"),
+                ("ORCHARD_ADMIN_PASSWORD", "not-a-key"),
+                ("ORCHARD_MACHINES_DYNAMIC_INTERVAL", "3"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:2".into()),
+                data_dir: None,
+            },
+        );
+        std::fs::remove_dir_all(&dir).ok();
+        let Ok(c) = c else {
+            unreachable!("config failed: {c:?}")
+        };
+        assert_eq!(c.http.listen, "127.0.0.1:2");
+        assert_eq!(c.auth.token_ttl, 20);
+        assert_eq!(c.auth.session_max, 100);
+        assert_eq!(c.http.allowed_origins, vec!["https://b", "https://c"]);
+        assert_eq!(c.clusters.anonymous_events, Some(false));
+        assert_eq!(c.machines.dynamic_interval, 3);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::load(
+            None,
+            env(&[("ORCHARD_AUTH_TOKEN_TTL", "soon")]),
+            &Overrides::default(),
+        );
+        assert!(
+            matches!(e, Err(ConfigError::Env { ref var, .. }) if var == "ORCHARD_AUTH_TOKEN_TTL")
+        );
+        let e = Config::load(
+            None,
+            env(&[("ORCHARD_AUTH_NOPE", "1")]),
+            &Overrides::default(),
+        );
+        assert!(e.is_err());
+        let e = Config::load(
+            None,
+            env(&[]),
+            &Overrides {
+                listen: Some("localhost".into()),
+                data_dir: None,
+            },
+        );
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,297 @@
+//! The embedded store. This is the only module that imports `redb`.
+//!
+//! Every method here is synchronous and may block on `fsync`; async code calls them through
+//! [`Db::run`], which moves the work to the blocking pool. A write method returns only after
+//! its transaction committed durably (redb's default `Durability::Immediate`), so callers
+//! acknowledge nothing that is not on disk.
+
+mod audit;
+mod schema;
+mod users;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+
+pub use audit::AuditEntry;
+pub use users::{NewUser, UserChange};
+
+/// Why the database could not be opened. Each renders as one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("database {path} is in use by another process (is another orchard running?)")]
+    InUse { path: PathBuf },
+    #[error(
+        "database {path} is corrupt or not an Orchard database ({reason}); it was left untouched"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "database {path} has schema version {found}, newer than this orchard supports ({supported}); upgrade orchard"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error("cannot open database {path}: {reason}")]
+    Other { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(String),
+    #[error("storage error: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                Self::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// A handle to the open database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Database>,
+    audit_keep: u64,
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path` and applies pending migrations.
+    ///
+    /// An existing file is opened, never recreated: a file that is not a redb database, or a
+    /// damaged one, is reported as [`OpenError::Corrupt`] and left as it is.
+    pub fn open(path: &Path, audit_keep: u64) -> Result<Self, OpenError> {
+        let exists = path.exists();
+        let p = path.to_owned();
+        // redb checks some invariants with debug assertions; treat a panic while opening as
+        // corruption rather than letting it take the process down.
+        let opened = std::panic::catch_unwind(|| {
+            if exists {
+                Database::builder().open(&p)
+            } else {
+                Database::builder().create(&p)
+            }
+        });
+        let db = match opened {
+            Ok(Ok(db)) => {
+                restrict_mode(path);
+                db
+            }
+            Ok(Err(e)) => return Err(classify_open_error(path, e)),
+            Err(_) => {
+                return Err(OpenError::Corrupt {
+                    path: path.to_owned(),
+                    reason: "internal consistency check failed".into(),
+                });
+            }
+        };
+        let db = Self {
+            inner: Arc::new(db),
+            audit_keep,
+        };
+        db.migrate().map_err(|e| match e {
+            MigrateError::TooNew(found) => OpenError::TooNew {
+                path: path.to_owned(),
+                found,
+                supported: schema::current_version(),
+            },
+            MigrateError::Db(e) => OpenError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            },
+        })?;
+        Ok(db)
+    }
+
+    /// Runs `f` on the blocking pool and returns its result.
+    pub async fn run<T, F>(&self, f: F) -> DbResult<T>
+    where
+        F: FnOnce(&Db) -> DbResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// The schema version stored in the database.
+    pub fn schema_version(&self) -> DbResult<u64> {
+        let tx = self.inner.begin_read()?;
+        let meta = match tx.open_table(schema::META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(meta
+            .get(schema::SCHEMA_VERSION_KEY)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn migrate(&self) -> Result<(), MigrateError> {
+        let found = self.schema_version()?;
+        let target = schema::current_version();
+        if found > target {
+            return Err(MigrateError::TooNew(found));
+        }
+        for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.inner.begin_write().map_err(DbError::from)?;
+            step(&tx).map_err(DbError::from)?;
+            {
+                let mut meta = tx.open_table(schema::META).map_err(DbError::from)?;
+                meta.insert(schema::SCHEMA_VERSION_KEY, i as u64 + 1)
+                    .map_err(DbError::from)?;
+            }
+            tx.commit().map_err(DbError::from)?;
+            tracing::info!(version = i + 1, "database migrated");
+        }
+        Ok(())
+    }
+
+    fn begin_read(&self) -> DbResult<redb::ReadTransaction> {
+        Ok(self.inner.begin_read()?)
+    }
+
+    fn begin_write(&self) -> DbResult<redb::WriteTransaction> {
+        Ok(self.inner.begin_write()?)
+    }
+}
+
+enum MigrateError {
+    TooNew(u64),
+    Db(DbError),
+}
+
+impl From<DbError> for MigrateError {
+    fn from(e: DbError) -> Self {
+        Self::Db(e)
+    }
+}
+
+/// The database holds password hashes: owner-only, whatever the umask.
+fn restrict_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot set database mode to 0600");
+    }
+}
+
+fn classify_open_error(path: &Path, e: redb::DatabaseError) -> OpenError {
+    use redb::{DatabaseError as D, StorageError as S};
+    let path = path.to_owned();
+    match e {
+        D::DatabaseAlreadyOpen | D::LockProtocolMismatch => OpenError::InUse { path },
+        D::UpgradeRequired(v) => OpenError::Corrupt {
+            path,
+            reason: format!("file format {v} needs a manual upgrade"),
+        },
+        D::Storage(S::Corrupted(reason)) => OpenError::Corrupt { path, reason },
+        D::Storage(S::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
+            OpenError::Corrupt {
+                path,
+                reason: io.to_string(),
+            }
+        }
+        D::RepairAborted => OpenError::Corrupt {
+            path,
+            reason: "repair was aborted".into(),
+        },
+        other => OpenError::Other {
+            path,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> DbResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> DbResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| DbError::Corrupt(e.to_string()))
+}
+
+/// Counts the rows of a table (used by tests and `/metrics`).
+fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    def: redb::TableDefinition<K, V>,
+) -> DbResult<u64> {
+    Ok(tx.open_table(def)?.len()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "orchard-db-{}-{}-{name}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("orchard.redb")
+    }
+
+    #[test]
+    fn fresh_database_is_at_current_version_and_reopens() {
+        let path = temp_path("fresh");
+        {
+            let db = Db::open(&path, 10).unwrap();
+            assert_eq!(db.schema_version().unwrap(), schema::current_version());
+        }
+        let db = Db::open(&path, 10).unwrap();
+        assert_eq!(db.schema_version().unwrap(), schema::current_version());
+    }
+
+    #[test]
+    fn garbage_file_is_corrupt_and_untouched() {
+        let path = temp_path("garbage");
+        let garbage: Vec<u8> = (0..65536u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, &garbage).unwrap();
+        let err = Db::open(&path, 10).err().unwrap();
+        assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let path = temp_path("newer");
+        {
+            let db = Db::open(&path, 10).unwrap();
+            let tx = db.inner.begin_write().unwrap();
+            tx.open_table(schema::META)
+                .unwrap()
+                .insert(schema::SCHEMA_VERSION_KEY, 999)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let err = Db::open(&path, 10).err().unwrap();
+        assert!(matches!(err, OpenError::TooNew { found: 999, .. }), "{err}");
+    }
+}

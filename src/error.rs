@@ -1,0 +1,86 @@
+//! One error type for every request path. It carries a user-facing message and maps to an
+//! HTTP status and a stable `code`; internal causes are logged, never sent to clients.
+
+use warp::http::StatusCode;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    /// Login failure: one body for unknown users, wrong passwords and disabled accounts.
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body too large (limit {limit} bytes)")]
+    PayloadTooLarge { limit: u64 },
+    #[error("too many failed attempts; retry in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::BadRequest(msg.into())
+    }
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self::Forbidden(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::NotFound(msg.into())
+    }
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(e.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized | Self::BadCredentials => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code of the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized | Self::BadCredentials => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<crate::db::DbError> for Error {
+    fn from(e: crate::db::DbError) -> Self {
+        use crate::db::DbError;
+        match e {
+            DbError::NotFound(what) => Self::NotFound(what),
+            DbError::Conflict(what) => Self::Conflict(what),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}

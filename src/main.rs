@@ -1,0 +1,124 @@
+//! `orchard`: start-up steps only. Parse the command line, load the configuration, open the
+//! data directory and the database, then either run the daemon or an offline command.
+
+mod api;
+mod auth;
+mod bootstrap;
+mod cli;
+mod config;
+mod db;
+mod error;
+mod model;
+mod secrets;
+mod server;
+mod state;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use cli::{Cli, Command, Common};
+use config::{Config, Overrides};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Read the admin password once and drop it from the environment, so that no child
+    // process or diagnostic dump ever sees it.
+    let admin_password = std::env::var("ORCHARD_ADMIN_PASSWORD").ok();
+    // SAFETY: no other thread exists yet (the runtime starts below), so nothing can read
+    // the environment concurrently.
+    unsafe { std::env::remove_var("ORCHARD_ADMIN_PASSWORD") };
+    let result = match cli.command {
+        Command::Serve { common, listen } => serve(&common, listen, admin_password),
+        Command::User { common, action } => load_config(&common, None).and_then(|config| {
+            let db = open_db(&config)?;
+            cli::user::run(&db, action)
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("orchard: error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(common: &Common, listen: Option<String>) -> Result<Config, String> {
+    let overrides = Overrides {
+        listen,
+        data_dir: common.data_dir.clone(),
+    };
+    Config::load(common.config.as_deref(), std::env::vars(), &overrides).map_err(|e| e.to_string())
+}
+
+fn open_db(config: &Config) -> Result<db::Db, String> {
+    secrets::ensure_data_dir(&config.storage.data_dir).map_err(|e| e.to_string())?;
+    db::Db::open(&config.db_path(), config.storage.audit_keep).map_err(|e| e.to_string())
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn serve(
+    common: &Common,
+    listen: Option<String>,
+    admin_password: Option<String>,
+) -> Result<(), String> {
+    let config = load_config(common, listen)?;
+    init_logging(&config);
+    let addr = config.listen_addr().map_err(|e| e.to_string())?;
+    if !addr.ip().is_loopback() && !config.tls_enabled() && !config.http.allow_insecure {
+        return Err(format!(
+            "refusing to serve plain HTTP on non-loopback address {addr}: set tls.cert and tls.key, or http.allow_insecure = true"
+        ));
+    }
+    if config.tls_enabled() {
+        return Err("tls.cert/tls.key: TLS serving is not available in this build yet".into());
+    }
+    let db = open_db(&config)?;
+    let jwt_secret =
+        secrets::load_or_create_jwt_secret(&config.storage.data_dir).map_err(|e| e.to_string())?;
+    bootstrap::ensure_admin(&db, &config.storage.data_dir, admin_password)?;
+    let hasher =
+        auth::password::Hasher::new(config.auth.hash_concurrency).map_err(|e| e.to_string())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orchard")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let shutdown = server::shutdown_signal()
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let listener = server::bind(addr).await.map_err(|e| e.to_string())?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let grace = Duration::from_secs(config.http.shutdown_grace);
+        let state = state::AppState::new(config, db, hasher, &jwt_secret);
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            "listening on http://{local}"
+        );
+        server::serve(listener, api::filter(state), shutdown, grace).await;
+        tracing::info!("stopped");
+        Ok::<(), String>(())
+    })?;
+    // Give blocking database work a moment to finish, then drop the runtime; every write
+    // was committed before it was acknowledged.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

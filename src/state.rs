@@ -1,0 +1,46 @@
+//! The application state, built once at start-up and passed explicitly (no globals).
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::password::Hasher;
+use crate::auth::ratelimit::LoginLimiter;
+use crate::auth::token::Tokens;
+use crate::config::Config;
+use crate::db::Db;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub db: Db,
+    pub hasher: Hasher,
+    pub tokens: Tokens,
+    pub limiter: LoginLimiter,
+}
+
+impl AppState {
+    pub fn new(config: Config, db: Db, hasher: Hasher, jwt_secret: &[u8]) -> Self {
+        let tokens = Tokens::new(jwt_secret, config.auth.token_ttl, config.auth.session_max);
+        let limiter = LoginLimiter::new(
+            config.auth.login_max_failures,
+            Duration::from_secs(config.auth.login_window),
+        );
+        Self(Arc::new(Inner {
+            config,
+            db,
+            hasher,
+            tokens,
+            limiter,
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: each test starts the real `orchard` binary on its own data directory
+//! and drives it over HTTP and the command line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod auth;
+mod cli;
+mod harness;
+mod lifecycle;
+mod users;
