@@ -29,6 +29,9 @@ pub async fn login(req: Request) -> Result<Response> {
     if let Err(retry_after) = state.limiter.check(ip, &body.username) {
         return Err(Error::TooManyRequests { retry_after });
     }
+    // Count the attempt as a failure before verifying, so that concurrent guesses cannot all
+    // pass the check while the first ones are still being hashed; success clears it.
+    state.limiter.record_failure(ip, &body.username);
     let name = body.username.clone();
     let user = if crate::model::validate_username(&name).is_ok() {
         state.db.run(move |db| db.user_by_name(&name)).await?
@@ -40,7 +43,6 @@ pub async fn login(req: Request) -> Result<Response> {
     let user = match user {
         Some(u) if verified && !u.disabled => u,
         _ => {
-            state.limiter.record_failure(ip, &body.username);
             let entry = AuditEntry::new(clip(&body.username), "login_failed").ip(ip);
             state.db.run(move |db| db.append_audit(&entry)).await?;
             tracing::info!(target: "orchard::audit", username = %clip(&body.username), "login failed");
