@@ -13,7 +13,10 @@ use crate::harness::{
 #[tokio::test]
 async fn healthz_is_ok() {
     let d = Daemon::start();
-    let r = d.get("/healthz", None).await;
+    d.wait_healthy().await;
+    // Anyone may ask, and a token does not change the answer.
+    let token = d.admin_token().await;
+    let r = d.get("/healthz", Some(&token)).await;
     assert_eq!(r.status, 200, "body: {:?}", r.text);
 }
 

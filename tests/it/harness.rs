@@ -519,6 +519,17 @@ impl Daemon {
         .await
     }
 
+    /// Waits (at most 10 s) for `GET /healthz` to answer 200; the contract allows a
+    /// non-200 answer until the backends are loaded.
+    pub async fn wait_healthy(&self) {
+        eventually(
+            Duration::from_secs(10),
+            "GET /healthz to be 200",
+            || async { (self.get("/healthz", None).await.status == 200).then_some(()) },
+        )
+        .await;
+    }
+
     /// Logs in and returns the access token; fails the test on anything but 200.
     pub async fn login(&self, username: &str, password: &str) -> String {
         let body = self.try_login(username, password).await.expect(200);

@@ -95,8 +95,7 @@ async fn second_instance_on_the_same_data_dir_is_refused() {
         "stderr:\n{stderr}"
     );
     // The first one carries on.
-    let r = d.get("/healthz", None).await;
-    assert_eq!(r.status, 200);
+    d.wait_healthy().await;
     d.admin_token().await;
 }
 

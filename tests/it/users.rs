@@ -153,7 +153,7 @@ async fn create_user_validates_input() {
         "unknown-perm2",
         "long-enough",
         "client",
-        &["VIEW_ALL_VMS", "view_all_vms"],
+        &["VIEW_ALL_VMS", "NOT_A_PERMISSION"],
     )
     .await
     .expect_any_error(400);
