@@ -187,7 +187,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
 /// Exports a [`Backend`] as a v1 plugin: generates `orchard_plugin_v1`.
 ///
-/// ```ignore
+/// ```text
 /// struct MyBackend;
 /// impl orchard_plugin_api::Backend for MyBackend { /* … */ }
 /// orchard_plugin_api::export_backend!(MyBackend);
