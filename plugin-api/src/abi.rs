@@ -122,6 +122,11 @@ pub type Instance = *mut c_void;
 /// The plugin's function table. Every call writes its result to `*out`: JSON on `OK`, a UTF-8
 /// message otherwise (possibly empty). Optional calls may be null, which reads as
 /// `ERR_UNSUPPORTED`. Calls may arrive concurrently from several host threads.
+///
+/// Every entry is an `Option` because a C table may hold nulls; the host refuses a plugin
+/// whose required entries (`describe`, `init`, `destroy`, `free_buf`, `list_machines`,
+/// `bulk_state`, `power`) are null. `Option<extern "C" fn>` has the layout of a nullable C
+/// function pointer.
 #[repr(C)]
 pub struct PluginV1 {
     /// Must equal [`ABI_VERSION`]; read before anything else.
@@ -129,33 +134,37 @@ pub struct PluginV1 {
     /// Zero.
     pub reserved: u32,
     /// `{name, version, protocol_version, capabilities[]}`; needs no instance.
-    pub describe: extern "C" fn(out: *mut Buf) -> i32,
+    pub describe: Option<extern "C" fn(out: *mut Buf) -> i32>,
     /// Creates the instance from `config` JSON (`{data_dir, settings}`).
-    pub init: unsafe extern "C" fn(
-        config: Slice,
-        host: *const HostV1,
-        instance: *mut Instance,
-        out: *mut Buf,
-    ) -> i32,
+    pub init: Option<
+        unsafe extern "C" fn(
+            config: Slice,
+            host: *const HostV1,
+            instance: *mut Instance,
+            out: *mut Buf,
+        ) -> i32,
+    >,
     /// Stops the instance; no call or callback follows.
-    pub destroy: unsafe extern "C" fn(instance: Instance),
+    pub destroy: Option<unsafe extern "C" fn(instance: Instance)>,
     /// Frees a `Buf` this plugin produced.
-    pub free_buf: unsafe extern "C" fn(buf: Buf),
+    pub free_buf: Option<unsafe extern "C" fn(buf: Buf)>,
     /// `[MachineInfo]`.
-    pub list_machines: unsafe extern "C" fn(instance: Instance, out: *mut Buf) -> i32,
+    pub list_machines: Option<unsafe extern "C" fn(instance: Instance, out: *mut Buf) -> i32>,
     /// `MachineInfo` of one machine (uuid as UTF-8).
     pub get_properties:
         Option<unsafe extern "C" fn(instance: Instance, uuid: Slice, out: *mut Buf) -> i32>,
     /// `[MachineState]` for a JSON array of uuids; an empty array means every machine.
-    pub bulk_state: unsafe extern "C" fn(instance: Instance, uuids: Slice, out: *mut Buf) -> i32,
+    pub bulk_state:
+        Option<unsafe extern "C" fn(instance: Instance, uuids: Slice, out: *mut Buf) -> i32>,
     /// `[MachineDisks]`, same selection rule.
     pub disks: Option<unsafe extern "C" fn(instance: Instance, uuids: Slice, out: *mut Buf) -> i32>,
     /// `[MachineConnections]`, same selection rule.
     pub connections:
         Option<unsafe extern "C" fn(instance: Instance, uuids: Slice, out: *mut Buf) -> i32>,
     /// Starts a `POWER_*` action. Returns once it is under way; progress follows as events.
-    pub power:
+    pub power: Option<
         unsafe extern "C" fn(instance: Instance, uuid: Slice, action: u32, out: *mut Buf) -> i32,
+    >,
     /// Creates a machine from a `CreateSpec`; returns its `MachineInfo` (stopped).
     pub create: Option<unsafe extern "C" fn(instance: Instance, spec: Slice, out: *mut Buf) -> i32>,
     /// Deletes a machine (it need not be stopped first).
