@@ -34,6 +34,7 @@ pub struct Config {
     pub tls: Tls,
     pub auth: Auth,
     pub log: Log,
+    pub ws: Ws,
     pub machines: Machines,
     pub vms: Vms,
     pub clusters: Clusters,
@@ -85,10 +86,31 @@ impl Default for Storage {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Plugins {
+    /// Unset: `/usr/lib/orchard/plugins` for an installed binary, else the build output.
     pub dir: Option<PathBuf>,
+    /// Seconds a plugin call may take before the plugin is marked failed.
+    pub call_timeout: u64,
+    /// Seconds loading, the handshake and init may take.
+    pub load_timeout: u64,
+    /// Link the simulator in as a built-in plugin (a loaded one of that name wins).
+    pub builtin_simulator: bool,
+    /// Per-plugin settings: `[plugins.settings.<name>]`, handed to the plugin's `init`.
+    pub settings: std::collections::BTreeMap<String, toml::Value>,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            call_timeout: 10,
+            load_timeout: 10,
+            builtin_simulator: true,
+            settings: Default::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -138,6 +160,37 @@ impl Default for Log {
         Self {
             level: "info".into(),
             format: "text".into(),
+        }
+    }
+}
+
+/// Limits and keepalive shared by the WebSocket APIs (contract section 7).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ws {
+    /// Seconds between protocol pings.
+    pub ping_interval: u64,
+    /// Seconds of silence after which a peer is dropped.
+    pub idle_timeout: u64,
+    /// Seconds a write may take before the peer is dropped.
+    pub write_deadline: u64,
+    /// Messages queued per socket before a slow client is closed (4008).
+    pub send_queue: usize,
+    /// Largest incoming message on authenticated A/B/E sockets (1009 above).
+    pub max_message: u64,
+    /// Bound on a socket's outgoing buffer, in bytes.
+    pub max_write_buffer: u64,
+}
+
+impl Default for Ws {
+    fn default() -> Self {
+        Self {
+            ping_interval: 30,
+            idle_timeout: 60,
+            write_deadline: 10,
+            send_queue: 256,
+            max_message: 64 * 1024,
+            max_write_buffer: 8 * 1024 * 1024,
         }
     }
 }
@@ -233,11 +286,19 @@ impl Default for Fleet {
 #[serde(default, deny_unknown_fields)]
 pub struct Simulator {
     pub machines: u32,
+    /// How long a simulated boot takes, in milliseconds.
+    pub boot_ms: u64,
+    /// How long a simulated shutdown takes, in milliseconds.
+    pub shutdown_ms: u64,
 }
 
 impl Default for Simulator {
     fn default() -> Self {
-        Self { machines: 8 }
+        Self {
+            machines: 8,
+            boot_ms: 2000,
+            shutdown_ms: 1000,
+        }
     }
 }
 
@@ -306,6 +367,19 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if self.plugins.call_timeout == 0 || self.plugins.load_timeout == 0 {
+            return Err(ConfigError::Invalid(
+                "plugins.call_timeout and plugins.load_timeout must be at least 1".into(),
+            ));
+        }
+        if self.machines.dynamic_interval == 0
+            || self.machines.connections_interval == 0
+            || self.machines.disks_interval == 0
+        {
+            return Err(ConfigError::Invalid(
+                "machines.*_interval must be at least 1".into(),
+            ));
+        }
         if self.auth.token_ttl == 0 {
             return Err(ConfigError::Invalid(
                 "auth.token_ttl must be at least 1".into(),

@@ -26,6 +26,12 @@ pub enum Error {
     PayloadTooLarge { limit: u64 },
     #[error("too many failed attempts; retry in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("{0}")]
+    BackendUnavailable(String),
+    #[error("{0}")]
+    BackendFailed(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -54,6 +60,9 @@ impl Error {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BackendFailed(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +78,9 @@ impl Error {
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::TooManyRequests { .. } => "too_many_requests",
+            Self::NotSupported(_) => "not_supported",
+            Self::BackendUnavailable(_) => "backend_unavailable",
+            Self::BackendFailed(_) => "backend_error",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -81,6 +93,27 @@ impl From<crate::db::DbError> for Error {
             DbError::NotFound(what) => Self::NotFound(what),
             DbError::Conflict(what) => Self::Conflict(what),
             other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<crate::machines::MachineError> for Error {
+    fn from(e: crate::machines::MachineError) -> Self {
+        use crate::backends::BackendError as B;
+        use crate::machines::MachineError as M;
+        match e {
+            M::NotFound(u) => Self::NotFound(format!("no machine {u}")),
+            M::TitleTaken(_) => Self::Conflict(e.to_string()),
+            M::NoBackend(_) => Self::BadRequest(e.to_string()),
+            M::Db(db) => db.into(),
+            M::Backend(b) => match b {
+                B::NotFound(m) => Self::NotFound(m),
+                B::InvalidState(m) => Self::Conflict(m),
+                B::InvalidArgument(m) => Self::BadRequest(m),
+                B::Unsupported(_) => Self::NotSupported(b.to_string()),
+                B::Unavailable { .. } => Self::BackendUnavailable(b.to_string()),
+                B::Failed { .. } => Self::BackendFailed(b.to_string()),
+            },
         }
     }
 }

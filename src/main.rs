@@ -3,15 +3,18 @@
 
 mod api;
 mod auth;
+mod backends;
 mod bootstrap;
 mod cli;
 mod config;
 mod db;
 mod error;
+mod machines;
 mod model;
 mod secrets;
 mod server;
 mod state;
+mod ws;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,6 +34,14 @@ fn main() -> ExitCode {
     unsafe { std::env::remove_var("ORCHARD_ADMIN_PASSWORD") };
     let result = match cli.command {
         Command::Serve { common, listen } => serve(&common, listen, admin_password),
+        Command::Plugin {
+            action:
+                cli::PluginAction::Check {
+                    path,
+                    settings,
+                    timeout,
+                },
+        } => cli::plugin::run(&path, settings.as_deref(), timeout),
         Command::User { common, action } => load_config(&common, None).and_then(|config| {
             let db = open_db(&config)?;
             cli::user::run(&db, action)
@@ -108,12 +119,14 @@ fn serve(
         let listener = server::bind(addr).await.map_err(|e| e.to_string())?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let grace = Duration::from_secs(config.http.shutdown_grace);
-        let state = state::AppState::new(config, db, hasher, &jwt_secret);
+        let machines = start_machines(&config, &db).await?;
+        let state = state::AppState::new(config, db, hasher, &jwt_secret, machines, local);
+        state.machines_hub.start(&state);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             "listening on http://{local}"
         );
-        server::serve(listener, api::filter(state), shutdown, grace).await;
+        server::serve(listener, state, shutdown, grace).await;
         tracing::info!("stopped");
         Ok::<(), String>(())
     })?;
@@ -121,4 +134,22 @@ fn serve(
     // was committed before it was acknowledged.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Loads the backends, takes their first inventory and starts the pollers.
+async fn start_machines(
+    config: &Config,
+    db: &db::Db,
+) -> Result<std::sync::Arc<machines::Machines>, String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let backends = backends::load_all(config, tx).await;
+    let users = db
+        .run(|db| db.list_users())
+        .await
+        .map_err(|e| e.to_string())?;
+    let names = users.into_iter().map(|u| (u.uuid, u.username)).collect();
+    let machines = std::sync::Arc::new(machines::Machines::new(backends, db.clone(), names));
+    machines.initial_sync().await;
+    machines::spawn_poller(machines.clone(), rx, config);
+    Ok(machines)
 }

@@ -9,9 +9,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
+use std::pin::Pin;
 use tokio::net::TcpListener;
+
+use hyper::body::Incoming;
 use tower_service::Service;
-use warp::Filter;
+use warp::http::Request;
+use warp::reply::Response;
+
+use crate::state::AppState;
 
 /// The peer address of the connection a request came on (a request extension).
 #[derive(Clone, Copy, Debug)]
@@ -30,17 +37,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
-/// Serves `filter` on `listener` until `shutdown` resolves, then stops accepting and gives
-/// connections in flight up to `grace` to finish.
-pub async fn serve<F>(
+/// Serves the daemon on `listener` until `shutdown` resolves, then stops accepting, closes
+/// every WebSocket with 1001 and gives connections in flight up to `grace` to finish.
+pub async fn serve(
     listener: TcpListener,
-    filter: F,
+    state: AppState,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-) where
-    F: Filter + Clone + Send + Sync + 'static,
-    F::Extract: warp::Reply,
-{
+) {
+    let filter = crate::api::filter(state.clone());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -57,8 +62,11 @@ pub async fn serve<F>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = warp::service(filter.clone());
-        let svc = tower_service_fn(svc, peer);
+        let svc = Svc {
+            warp: warp::service(filter.clone()),
+            state: state.clone(),
+            peer,
+        };
         let conn = Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
             .into_owned();
@@ -70,10 +78,14 @@ pub async fn serve<F>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let deadline = tokio::time::Instant::now() + grace;
+    let _ = state.ws.shutdown.send(true);
+    state.ws.tasks.close();
+    let drained = async {
+        graceful.shutdown().await;
+        state.ws.tasks.wait().await;
+    };
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!(
             "connections still open after {} s; closing them",
             grace.as_secs()
@@ -81,35 +93,39 @@ pub async fn serve<F>(
     }
 }
 
-/// Wraps a warp service so every request carries its [`ClientAddr`].
-fn tower_service_fn<S>(inner: S, peer: SocketAddr) -> WithClientAddr<S> {
-    WithClientAddr { inner, peer }
-}
-
+/// Routes WebSocket upgrades to `ws/` and everything else to the warp filter, with the
+/// client address attached to every request.
 #[derive(Clone)]
-struct WithClientAddr<S> {
-    inner: S,
+struct Svc<S> {
+    warp: S,
+    state: AppState,
     peer: SocketAddr,
 }
 
-impl<S, B> Service<warp::http::Request<B>> for WithClientAddr<S>
+impl<S> Service<Request<Incoming>> for Svc<S>
 where
-    S: Service<warp::http::Request<B>>,
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.warp.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: warp::http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer));
-        self.inner.call(req)
+        if crate::ws::claims(&req) {
+            let (state, peer) = (self.state.clone(), self.peer);
+            Box::pin(async move { Ok(crate::ws::upgrade(state, req, peer).await) })
+        } else {
+            Box::pin(self.warp.call(req))
+        }
     }
 }
 

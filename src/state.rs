@@ -1,5 +1,6 @@
 //! The application state, built once at start-up and passed explicitly (no globals).
 
+use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use crate::auth::ratelimit::LoginLimiter;
 use crate::auth::token::Tokens;
 use crate::config::Config;
 use crate::db::Db;
+use crate::machines::Machines;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -19,10 +21,22 @@ pub struct Inner {
     pub hasher: Hasher,
     pub tokens: Tokens,
     pub limiter: LoginLimiter,
+    pub machines: Arc<Machines>,
+    pub machines_hub: Arc<crate::ws::machines::Hub>,
+    pub ws: Arc<crate::ws::Sockets>,
+    /// The address the listener is bound to (the server's own origin derives from it).
+    pub local_addr: SocketAddr,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: Db, hasher: Hasher, jwt_secret: &[u8]) -> Self {
+    pub fn new(
+        config: Config,
+        db: Db,
+        hasher: Hasher,
+        jwt_secret: &[u8],
+        machines: Arc<Machines>,
+        local_addr: SocketAddr,
+    ) -> Self {
         let tokens = Tokens::new(jwt_secret, config.auth.token_ttl, config.auth.session_max);
         let limiter = LoginLimiter::new(
             config.auth.login_max_failures,
@@ -34,6 +48,10 @@ impl AppState {
             hasher,
             tokens,
             limiter,
+            machines_hub: crate::ws::machines::Hub::new(machines.clone()),
+            machines,
+            ws: Arc::new(crate::ws::Sockets::default()),
+            local_addr,
         }))
     }
 }

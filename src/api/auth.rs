@@ -86,7 +86,8 @@ pub async fn logout(req: Request) -> Result<Response> {
     let actor = req.actor()?;
     let uuid = actor.user.uuid;
     let entry = AuditEntry::new(actor.user.username.clone(), "logout").ip(req.client_ip());
-    req.state
+    let user = req
+        .state
         .db
         .run(move |db| {
             db.update_user(
@@ -99,6 +100,7 @@ pub async fn logout(req: Request) -> Result<Response> {
             )
         })
         .await?;
+    req.state.ws.user_changed(&user);
     Ok(no_content())
 }
 

@@ -2,6 +2,7 @@
 //! Only `api/` (with `server.rs`) knows HTTP.
 
 mod auth;
+mod machines;
 mod router;
 mod users;
 mod views;
@@ -17,7 +18,7 @@ use crate::error::Result;
 use crate::model::Permission as P;
 use crate::server::ClientAddr;
 use crate::state::AppState;
-pub use router::{Request, Route, Router};
+pub use router::{Request, Route, Router, error_response};
 
 const USER_MANAGERS: &[P] = &[P::ManageClientUsers, P::ManageAdminUsers];
 
@@ -48,13 +49,33 @@ pub fn routes() -> Vec<Route> {
         route!(PATCH "/api/users/{uuid}", Token => users::patch),
         route!(DELETE "/api/users/{uuid}", AnyOf(USER_MANAGERS) => users::delete),
         route!(GET "/api/activity", AnyOf(&[P::ManageAdminUsers]) => activity),
+        // Machines: the route needs a token; per-machine see/control is `api::machines`'s.
+        route!(GET "/api/machines", Token => machines::list),
+        route!(POST "/api/machines", AnyOf(&[P::ManageAllVms]) => machines::create),
+        route!(GET "/api/machines/{uuid}", Token => machines::get),
+        route!(PATCH "/api/machines/{uuid}", Token => machines::patch),
+        route!(DELETE "/api/machines/{uuid}", Token => machines::delete),
+        route!(POST "/api/machines/{uuid}/{action}", Token => machines::power),
+        route!(PUT "/api/machines/{uuid}/owner", AnyOf(&[P::ManageAllVms]) => machines::set_owner),
+        route!(PUT "/api/machines/{uuid}/clients/{user_uuid}", AnyOf(&[P::ManageAllVms]) => machines::assign),
+        route!(DELETE "/api/machines/{uuid}/clients/{user_uuid}", AnyOf(&[P::ManageAllVms]) => machines::unassign),
+        route!(GET "/api/subscriptions", Token => machines::subscriptions),
+        route!(PUT "/api/subscriptions/{machine_uuid}", Token => machines::subscribe),
+        route!(DELETE "/api/subscriptions/{machine_uuid}", Token => machines::unsubscribe),
+        route!(GET "/api/backends", AnyOf(&[P::ViewAllVms]) => machines::backends),
     ]
 }
 
-async fn healthz(_req: Request) -> Result<Response> {
+/// Liveness. The listener opens only after plugins are loaded, so an answer means they are.
+async fn healthz(req: Request) -> Result<Response> {
+    let b = &req.state.machines.backends;
+    let failed = b.failed.len() + b.loaded.iter().filter(|x| x.is_failed()).count();
     Ok(router::json(
         StatusCode::OK,
-        &serde_json::json!({"status": "ok"}),
+        &serde_json::json!({
+            "status": "ok",
+            "backends": {"loaded": b.loaded.len() + b.failed.len() - failed, "failed": failed},
+        }),
     ))
 }
 

@@ -83,6 +83,7 @@ pub async fn create(req: Request) -> Result<Response> {
         .db
         .run(move |db| db.create_user(new, Some(entry)))
         .await?;
+    req.state.machines.note_user(user.uuid, &user.username);
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %user.username, "user created");
     Ok(json(StatusCode::CREATED, &UserView::from(&user)))
 }
@@ -151,6 +152,8 @@ pub async fn patch(req: Request) -> Result<Response> {
         .db
         .run(move |db| db.update_user(uuid, change, Some(entry)))
         .await?;
+    req.state.ws.user_changed(&user);
+    req.state.machines_hub.user_changed(&user);
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %user.username, "user updated");
     Ok(json(StatusCode::OK, &UserView::from(&user)))
 }
@@ -167,6 +170,8 @@ pub async fn delete(req: Request) -> Result<Response> {
         .db
         .run(move |db| db.delete_user(uuid, Some(entry)))
         .await?;
+    req.state.ws.user_deleted(uuid);
+    req.state.machines.forget_user(uuid);
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %target.username, "user deleted");
     Ok(no_content())
 }

@@ -1,5 +1,6 @@
 //! The command line: `serve`, `user …`, `--version`, `help`.
 
+pub mod plugin;
 pub mod user;
 
 use std::path::PathBuf;
@@ -38,6 +39,11 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
+    /// Plugin tools
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// Administer users offline, directly on the database (the daemon must be stopped)
     User {
         #[command(flatten)]
@@ -75,5 +81,20 @@ pub enum UserAction {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PluginAction {
+    /// Load a plugin as the daemon does and run a conformance pass
+    Check {
+        /// The plugin's shared library
+        path: PathBuf,
+        /// Settings for the plugin's init, as JSON
+        #[arg(long, value_name = "JSON")]
+        settings: Option<String>,
+        /// Seconds each call may take
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
     },
 }

@@ -6,6 +6,7 @@
 //! acknowledge nothing that is not on disk.
 
 mod audit;
+mod machines;
 mod schema;
 mod users;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
 pub use audit::AuditEntry;
+pub use machines::Relations;
 pub use users::{NewUser, UserChange};
 
 /// Why the database could not be opened. Each renders as one line for the operator.

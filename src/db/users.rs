@@ -191,6 +191,8 @@ impl Db {
                 .retain_in((key, 0)..=(key, u128::MAX), |_, _| false)?;
             tx.open_table(super::schema::MACHINE_CLIENTS)?
                 .retain(|(_, user), _| user != key)?;
+            tx.open_table(super::schema::MACHINE_OWNERS)?
+                .retain(|_, owner| owner != key)?;
             (rec, bits)
         };
         if admins_before > 0 && enabled_admin_managers(&tx)? == 0 {

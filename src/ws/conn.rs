@@ -1,0 +1,285 @@
+//! The connection core every WebSocket API runs on: one task per socket that writes queued
+//! messages (coalesced: everything pending is fed, then one flush), the latest periodic
+//! snapshot (latest wins), reads and dispatches client messages, keeps the peer alive with
+//! pings, and closes with the right code on expiry, revocation, overflow or shutdown.
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+/// Close codes shared by every API.
+pub mod code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const TOO_BIG: u16 = 1009;
+    pub const SERVER_ERROR: u16 = 1011;
+    /// The client did not read fast enough: its send queue filled up.
+    pub const TOO_SLOW: u16 = 4008;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const FORBIDDEN: u16 = 4403;
+}
+
+#[derive(Clone, Debug)]
+pub struct CloseWith {
+    pub code: u16,
+    pub reason: Cow<'static, str>,
+}
+
+impl CloseWith {
+    pub fn new(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The handle producers use to reach one socket. Never blocks.
+pub struct Control {
+    tx: mpsc::Sender<Utf8Bytes>,
+    wake: Notify,
+    close: Mutex<Option<CloseWith>>,
+    latest: Mutex<Option<Utf8Bytes>>,
+    closed: AtomicBool,
+}
+
+impl Control {
+    /// A control and the receiving end of its bounded queue.
+    pub fn new(queue: usize) -> (std::sync::Arc<Self>, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        (
+            std::sync::Arc::new(Self {
+                tx,
+                wake: Notify::new(),
+                close: Mutex::new(None),
+                latest: Mutex::new(None),
+                closed: AtomicBool::new(false),
+            }),
+            rx,
+        )
+    }
+
+    /// Queues a message. A full queue means the client cannot keep up: it is closed with
+    /// [`code::TOO_SLOW`] rather than allowed to grow memory or skip events silently.
+    pub fn send(&self, msg: Utf8Bytes) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseWith::new(
+                    code::TOO_SLOW,
+                    "client too slow: send queue full",
+                ));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Replaces the pending periodic snapshot (latest wins).
+    pub fn set_latest(&self, msg: Utf8Bytes) {
+        if self.is_closed() {
+            return;
+        }
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+        self.wake.notify_one();
+    }
+
+    /// Asks the socket to close; the first request wins.
+    pub fn close(&self, with: CloseWith) {
+        let mut c = self.close.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_none() {
+            *c = Some(with);
+        }
+        drop(c);
+        self.wake.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn take_close(&self) -> Option<CloseWith> {
+        self.close.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn take_latest(&self) -> Option<Utf8Bytes> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Timings and limits of one socket.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub ping_interval: Duration,
+    /// Silence after which the peer is dropped.
+    pub idle_timeout: Duration,
+    pub write_deadline: Duration,
+    /// Close with 4401 at this instant (the token's `exp`).
+    pub expires_at: Option<Instant>,
+}
+
+/// What a handler wants after a client message.
+pub enum Reply {
+    Continue,
+}
+
+/// Runs one socket until it closes. `on_text` handles each text message (it may queue
+/// replies through the control); binary messages are refused with 1003.
+pub async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    ctl: std::sync::Arc<Control>,
+    mut rx: mpsc::Receiver<Utf8Bytes>,
+    opts: Options,
+    mut shutdown: watch::Receiver<bool>,
+    mut on_text: impl FnMut(&str) -> Reply + Send,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + opts.ping_interval, opts.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let expiry = async {
+        match opts.expires_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let close = loop {
+        tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break Some(CloseWith::new(code::GOING_AWAY, "server shutting down"));
+                }
+            }
+            () = &mut expiry => break Some(CloseWith::new(code::UNAUTHORIZED, "token expired")),
+            () = ctl.wake.notified() => {
+                if let Some(c) = ctl.take_close() {
+                    break Some(c);
+                }
+                if let Some(latest) = ctl.take_latest() {
+                    let batch = drain(&mut rx, Some(latest));
+                    if !write(&mut ws, batch, opts.write_deadline).await {
+                        break None;
+                    }
+                }
+            }
+            msg = rx.recv() => {
+                let Some(first) = msg else { break None };
+                let batch = drain(&mut rx, Some(first));
+                if !write(&mut ws, batch, opts.write_deadline).await {
+                    break None;
+                }
+            }
+            incoming = ws.next() => {
+                last_heard = Instant::now();
+                match incoming {
+                    None => break None,
+                    Some(Ok(Message::Text(t))) => match on_text(t.as_str()) {
+                        Reply::Continue => {}
+                    },
+                    Some(Ok(Message::Binary(_))) => {
+                        break Some(CloseWith::new(1003, "binary messages are not accepted"));
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        // Answer the peer's close and finish.
+                        let _ = tokio::time::timeout(opts.write_deadline, ws.flush()).await;
+                        break None;
+                    }
+                    Some(Ok(_)) => {
+                        // Ping (the pong is queued by the library) or pong: send what is pending.
+                        if tokio::time::timeout(opts.write_deadline, ws.flush()).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Some(Err(WsError::Capacity(_))) => {
+                        break Some(CloseWith::new(code::TOO_BIG, "message too big"));
+                    }
+                    Some(Err(_)) => break None,
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= opts.idle_timeout {
+                    tracing::debug!("websocket peer silent; dropped");
+                    break None;
+                }
+                let sent = tokio::time::timeout(opts.write_deadline, ws.send(Message::Ping(Bytes::new()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break None;
+                }
+            }
+        }
+    };
+    ctl.closed.store(true, Ordering::Relaxed);
+    rx.close();
+    if let Some(c) = close {
+        let frame = CloseFrame {
+            code: CloseCode::from(c.code),
+            reason: Utf8Bytes::from(c.reason.into_owned()),
+        };
+        let _ = tokio::time::timeout(opts.write_deadline, ws.close(Some(frame))).await;
+        // Let the peer answer the close so the frame is not lost to a reset.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// Everything already queued, after `first`.
+fn drain(rx: &mut mpsc::Receiver<Utf8Bytes>, first: Option<Utf8Bytes>) -> Vec<Utf8Bytes> {
+    let mut batch: Vec<Utf8Bytes> = first.into_iter().collect();
+    while let Ok(m) = rx.try_recv() {
+        batch.push(m);
+    }
+    batch
+}
+
+/// Feeds the batch and flushes once, within the write deadline.
+async fn write<S>(ws: &mut WebSocketStream<S>, batch: Vec<Utf8Bytes>, deadline: Duration) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let work = async {
+        for m in batch {
+            ws.feed(Message::Text(m)).await?;
+        }
+        ws.flush().await
+    };
+    matches!(tokio::time::timeout(deadline, work).await, Ok(Ok(())))
+}
+
+/// Sends one close frame on a socket that never entered [`run`] (refused after upgrade).
+pub async fn refuse<S>(mut ws: WebSocketStream<S>, first: Option<Utf8Bytes>, with: CloseWith)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = Duration::from_secs(5);
+    if let Some(m) = first {
+        let _ = tokio::time::timeout(deadline, ws.send(Message::Text(m))).await;
+    }
+    let frame = CloseFrame {
+        code: CloseCode::from(with.code),
+        reason: Utf8Bytes::from(with.reason.into_owned()),
+    };
+    let _ = tokio::time::timeout(deadline, ws.close(Some(frame))).await;
+    // Give the peer a moment to answer the close so the frame is not lost to a reset.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}

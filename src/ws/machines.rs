@@ -1,0 +1,592 @@
+//! The machines API (`api-docs/A-machines.md`): `/ws/machines/subscribed`, `/account` and
+//! `/global`. One hub keeps every machines socket with the set of machines it follows; each
+//! message is encoded once per audience and the same bytes go to every socket in it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use super::Socket;
+use super::conn::{self, CloseWith, Control, Reply, code};
+use crate::machines::{Machine, MachineEvent, Machines, sees};
+use crate::model::{Permission, User, now_iso, now_unix};
+use crate::state::AppState;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Subscribed,
+    Account,
+    Global,
+}
+
+pub fn route(path: &str) -> Option<Kind> {
+    match path {
+        "/ws/machines/subscribed" => Some(Kind::Subscribed),
+        "/ws/machines/account" => Some(Kind::Account),
+        "/ws/machines/global" => Some(Kind::Global),
+        _ => None,
+    }
+}
+
+/// `{uuid, type, body, timestamp}` with a pre-encoded body.
+fn envelope(kind: &str, body: &str) -> Utf8Bytes {
+    let mut s = String::with_capacity(body.len() + 128);
+    let _ = write!(
+        s,
+        r#"{{"uuid":"{}","type":"{}","body":{},"timestamp":"{}"}}"#,
+        Uuid::new_v4(),
+        kind,
+        body,
+        now_iso()
+    );
+    Utf8Bytes::from(s)
+}
+
+fn encode<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// A dict `{uuid: fragment}` of pre-encoded fragments.
+fn dict<'a>(entries: impl Iterator<Item = (&'a Uuid, &'a str)>) -> String {
+    let mut s = String::from("{");
+    for (i, (u, frag)) in entries.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, r#""{u}":{frag}"#);
+    }
+    s.push('}');
+    s
+}
+
+/// One socket as the hub sees it.
+struct Sub {
+    kind: Kind,
+    user: User,
+    /// Machines given with `?machine_uuid=` (subscribed only).
+    extra: BTreeSet<Uuid>,
+    /// Stored subscriptions (subscribed only).
+    stored: BTreeSet<Uuid>,
+    /// The machines this socket follows now (unused for global: all of them).
+    set: BTreeSet<Uuid>,
+    /// `set` as a shareable key for per-audience encoding.
+    key: Arc<[Uuid]>,
+    ctl: Arc<Control>,
+}
+
+impl Sub {
+    fn follows(&self, m: &Uuid) -> bool {
+        self.kind == Kind::Global || self.set.contains(m)
+    }
+
+    fn rekey(&mut self) {
+        self.key = self.set.iter().copied().collect();
+    }
+
+    /// Recomputes the set from the registry (subscribed and account).
+    fn recompute(&mut self, all: &HashMap<Uuid, Machine>) {
+        self.set = match self.kind {
+            Kind::Global => BTreeSet::new(),
+            Kind::Account => all
+                .values()
+                .filter(|m| involved(&self.user, m))
+                .map(|m| m.uuid)
+                .collect(),
+            Kind::Subscribed => self
+                .stored
+                .iter()
+                .chain(self.extra.iter())
+                .filter(|u| all.get(u).is_some_and(|m| sees(&self.user, &m.relations)))
+                .copied()
+                .collect(),
+        };
+        self.rekey();
+    }
+}
+
+fn involved(user: &User, m: &Machine) -> bool {
+    m.relations.owner == Some(user.uuid) || m.relations.clients.contains(&user.uuid)
+}
+
+pub struct Hub {
+    machines: Arc<Machines>,
+    subs: Mutex<HashMap<u64, Sub>>,
+    next: AtomicU64,
+}
+
+/// Removes a socket from the hub when dropped.
+pub struct Membership {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.lock().remove(&self.id);
+    }
+}
+
+/// Which payload a periodic message carries.
+#[derive(Clone, Copy)]
+enum Periodic {
+    Dynamic,
+    Disks,
+    Connections,
+}
+
+impl Periodic {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Dynamic => "DATA_DYNAMIC",
+            Self::Disks => "DATA_DYNAMIC_DISKS",
+            Self::Connections => "DATA_DYNAMIC_CONNECTIONS",
+        }
+    }
+
+    fn fragment(self, m: &Machine) -> String {
+        match self {
+            Self::Dynamic => encode(&m.state_payload()),
+            Self::Disks => encode(&m.disks_payload()),
+            Self::Connections => encode(&m.connections_payload()),
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(machines: Arc<Machines>) -> Arc<Self> {
+        Arc::new(Self {
+            machines,
+            subs: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sub>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the hub's event pump and periodic broadcasts.
+    pub fn start(self: &Arc<Self>, state: &AppState) {
+        let hub = self.clone();
+        let mut events = self.machines.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) => hub.on_event(&e),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::error!(
+                            missed = n,
+                            "machines hub fell behind; resending full state"
+                        );
+                        hub.resync();
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        let m = &state.config.machines;
+        for (period, which) in [
+            (m.dynamic_interval, Periodic::Dynamic),
+            (m.connections_interval, Periodic::Connections),
+            (m.disks_interval, Periodic::Disks),
+        ] {
+            let hub = self.clone();
+            let period = Duration::from_secs(period.max(1));
+            tokio::spawn(async move {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    hub.broadcast(which);
+                }
+            });
+        }
+    }
+
+    /// Adds a socket and queues its initial DATA_STATIC, DATA_DYNAMIC, DATA_DYNAMIC_DISKS and
+    /// DATA_DYNAMIC_CONNECTIONS, under the hub lock so that no event slips in between.
+    pub fn join(
+        self: &Arc<Self>,
+        kind: Kind,
+        user: User,
+        extra: BTreeSet<Uuid>,
+        stored: BTreeSet<Uuid>,
+        ctl: Arc<Control>,
+    ) -> Membership {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut sub = Sub {
+            kind,
+            user,
+            extra,
+            stored,
+            set: BTreeSet::new(),
+            key: Arc::from([]),
+            ctl,
+        };
+        let mut subs = self.lock();
+        self.machines.with_all(|all| {
+            sub.recompute(all);
+            let names = self.machines.usernames();
+            let chosen: Vec<&Machine> = match kind {
+                Kind::Global => all.values().collect(),
+                _ => sub.set.iter().filter_map(|u| all.get(u)).collect(),
+            };
+            let props: Vec<(Uuid, String)> = chosen
+                .iter()
+                .map(|m| (m.uuid, encode(&m.properties(&names))))
+                .collect();
+            sub.ctl.send(envelope(
+                "DATA_STATIC",
+                &dict(props.iter().map(|(u, s)| (u, s.as_str()))),
+            ));
+            for p in [Periodic::Dynamic, Periodic::Disks, Periodic::Connections] {
+                let frags: Vec<(Uuid, String)> =
+                    chosen.iter().map(|m| (m.uuid, p.fragment(m))).collect();
+                sub.ctl.send(envelope(
+                    p.kind(),
+                    &dict(frags.iter().map(|(u, s)| (u, s.as_str()))),
+                ));
+            }
+        });
+        subs.insert(id, sub);
+        Membership {
+            hub: self.clone(),
+            id,
+        }
+    }
+
+    /// One periodic broadcast: each machine's fragment is encoded once, each audience's
+    /// message once, and shared by every socket of that audience.
+    fn broadcast(&self, which: Periodic) {
+        let subs = self.lock();
+        if subs.is_empty() {
+            return;
+        }
+        self.machines.with_all(|all| {
+            let mut frags: HashMap<Uuid, String> = HashMap::new();
+            let mut frag = |m: &Machine| -> String {
+                frags
+                    .entry(m.uuid)
+                    .or_insert_with(|| which.fragment(m))
+                    .clone()
+            };
+            let mut global: Option<Utf8Bytes> = None;
+            let mut by_set: HashMap<Arc<[Uuid]>, Utf8Bytes> = HashMap::new();
+            for sub in subs.values() {
+                let msg = match sub.kind {
+                    Kind::Global => global
+                        .get_or_insert_with(|| {
+                            let mut list: Vec<(&Uuid, String)> =
+                                all.iter().map(|(u, m)| (u, frag(m))).collect();
+                            list.sort_by(|a, b| a.0.cmp(b.0));
+                            envelope(
+                                which.kind(),
+                                &dict(list.iter().map(|(u, s)| (*u, s.as_str()))),
+                            )
+                        })
+                        .clone(),
+                    _ => by_set
+                        .entry(sub.key.clone())
+                        .or_insert_with(|| {
+                            let list: Vec<(&Uuid, String)> = sub
+                                .key
+                                .iter()
+                                .filter_map(|u| all.get(u).map(|m| (u, frag(m))))
+                                .collect();
+                            envelope(
+                                which.kind(),
+                                &dict(list.iter().map(|(u, s)| (*u, s.as_str()))),
+                            )
+                        })
+                        .clone(),
+                };
+                match which {
+                    Periodic::Dynamic => sub.ctl.set_latest(msg),
+                    _ => {
+                        sub.ctl.send(msg);
+                    }
+                }
+            }
+        });
+    }
+
+    /// After missed events: every socket gets its full state again.
+    fn resync(&self) {
+        let mut subs = self.lock();
+        self.machines.with_all(|all| {
+            let names = self.machines.usernames();
+            for sub in subs.values_mut() {
+                sub.recompute(all);
+                let props: Vec<(Uuid, String)> = all
+                    .values()
+                    .filter(|m| sub.follows(&m.uuid))
+                    .map(|m| (m.uuid, encode(&m.properties(&names))))
+                    .collect();
+                sub.ctl.send(envelope(
+                    "DATA_STATIC",
+                    &dict(props.iter().map(|(u, s)| (u, s.as_str()))),
+                ));
+            }
+        });
+    }
+
+    /// A user's permissions or identity changed: refresh their sockets' view.
+    pub fn user_changed(&self, user: &User) {
+        let mut subs = self.lock();
+        self.machines.with_all(|all| {
+            for sub in subs.values_mut().filter(|s| s.user.uuid == user.uuid) {
+                sub.user = user.clone();
+                sub.recompute(all);
+            }
+        });
+    }
+
+    fn on_event(&self, e: &MachineEvent) {
+        let mut subs = self.lock();
+        match e {
+            MachineEvent::Created(m) => {
+                let body = encode(&m.properties(&self.machines.usernames()));
+                let msg = envelope("CREATE", &body);
+                for sub in subs.values_mut() {
+                    match sub.kind {
+                        Kind::Global => {
+                            sub.ctl.send(msg.clone());
+                        }
+                        Kind::Account if involved(&sub.user, m) => {
+                            sub.set.insert(m.uuid);
+                            sub.rekey();
+                            sub.ctl.send(msg.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            MachineEvent::Updated(m) => {
+                let body = dict(std::iter::once((
+                    &m.uuid,
+                    encode(&m.properties(&self.machines.usernames())).as_str(),
+                )));
+                let msg = envelope("DATA_STATIC", &body);
+                for sub in subs.values().filter(|s| s.follows(&m.uuid)) {
+                    sub.ctl.send(msg.clone());
+                }
+            }
+            MachineEvent::Deleted { uuid } => {
+                let msg = envelope("DELETE", &encode(&serde_json::json!({ "uuid": uuid })));
+                for sub in subs.values_mut().filter(|s| s.follows(uuid)) {
+                    sub.set.remove(uuid);
+                    sub.rekey();
+                    sub.ctl.send(msg.clone());
+                }
+            }
+            MachineEvent::RelationsChanged { machine, before } => {
+                let names = self.machines.usernames();
+                let props = encode(&machine.properties(&names));
+                drop(names);
+                let statik = envelope(
+                    "DATA_STATIC",
+                    &dict(std::iter::once((&machine.uuid, props.as_str()))),
+                );
+                let create = envelope("CREATE", &props);
+                let delete = envelope(
+                    "DELETE",
+                    &encode(&serde_json::json!({ "uuid": machine.uuid })),
+                );
+                for sub in subs.values_mut() {
+                    match sub.kind {
+                        Kind::Global => {
+                            sub.ctl.send(statik.clone());
+                        }
+                        Kind::Account => {
+                            let was = before.owner == Some(sub.user.uuid)
+                                || before.clients.contains(&sub.user.uuid);
+                            let now = involved(&sub.user, machine);
+                            match (was, now) {
+                                (false, true) => {
+                                    sub.set.insert(machine.uuid);
+                                    sub.rekey();
+                                    sub.ctl.send(create.clone());
+                                }
+                                (true, false) => {
+                                    sub.set.remove(&machine.uuid);
+                                    sub.rekey();
+                                    sub.ctl.send(delete.clone());
+                                }
+                                (true, true) => {
+                                    sub.ctl.send(statik.clone());
+                                }
+                                (false, false) => {}
+                            }
+                        }
+                        Kind::Subscribed => {
+                            let wanted = sub.stored.contains(&machine.uuid)
+                                || sub.extra.contains(&machine.uuid);
+                            let visible = wanted && sees(&sub.user, &machine.relations);
+                            let had = sub.set.contains(&machine.uuid);
+                            if visible && !had {
+                                sub.set.insert(machine.uuid);
+                                sub.rekey();
+                                send_entry(sub, machine, &props);
+                            } else if !visible && had {
+                                sub.set.remove(&machine.uuid);
+                                sub.rekey();
+                            } else if visible {
+                                sub.ctl.send(statik.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            MachineEvent::SubscriptionChanged {
+                user,
+                machine,
+                subscribed,
+            } => {
+                let target = self.machines.get(*machine);
+                let names = self.machines.usernames();
+                for sub in subs
+                    .values_mut()
+                    .filter(|s| s.kind == Kind::Subscribed && s.user.uuid == *user)
+                {
+                    if *subscribed {
+                        sub.stored.insert(*machine);
+                        if let Some(m) = &target
+                            && sees(&sub.user, &m.relations)
+                            && sub.set.insert(*machine)
+                        {
+                            sub.rekey();
+                            send_entry(sub, m, &encode(&m.properties(&names)));
+                        }
+                    } else {
+                        sub.stored.remove(machine);
+                        if !sub.extra.contains(machine) && sub.set.remove(machine) {
+                            sub.rekey();
+                        }
+                    }
+                }
+            }
+            MachineEvent::BootStart { uuid } => lifecycle(&subs, "BOOTUP_START", uuid, None),
+            MachineEvent::BootSuccess { uuid } => lifecycle(&subs, "BOOTUP_SUCCESS", uuid, None),
+            MachineEvent::BootFail { uuid, error } => {
+                lifecycle(&subs, "BOOTUP_FAIL", uuid, Some(error))
+            }
+            MachineEvent::ShutdownStart { uuid } => lifecycle(&subs, "SHUTDOWN_START", uuid, None),
+            MachineEvent::ShutdownSuccess { uuid } => {
+                lifecycle(&subs, "SHUTDOWN_SUCCESS", uuid, None)
+            }
+            MachineEvent::ShutdownFail { uuid, error } => {
+                lifecycle(&subs, "SHUTDOWN_FAIL", uuid, Some(error))
+            }
+            MachineEvent::StatusChanged { .. }
+            | MachineEvent::ConsoleOutput { .. }
+            | MachineEvent::ConsoleClosed { .. }
+            | MachineEvent::UserRemoved { .. } => {}
+        }
+    }
+}
+
+/// The full entry of a machine newly followed by a subscribed socket.
+fn send_entry(sub: &Sub, m: &Machine, props: &str) {
+    sub.ctl.send(envelope(
+        "DATA_STATIC",
+        &dict(std::iter::once((&m.uuid, props))),
+    ));
+    for p in [Periodic::Dynamic, Periodic::Disks, Periodic::Connections] {
+        let frag = p.fragment(m);
+        sub.ctl.send(envelope(
+            p.kind(),
+            &dict(std::iter::once((&m.uuid, frag.as_str()))),
+        ));
+    }
+}
+
+fn lifecycle(subs: &HashMap<u64, Sub>, kind: &str, uuid: &Uuid, error: Option<&String>) {
+    let body = match error {
+        Some(e) => encode(&serde_json::json!({ "uuid": uuid, "error": e })),
+        None => encode(&serde_json::json!({ "uuid": uuid })),
+    };
+    let msg = envelope(kind, &body);
+    for sub in subs.values().filter(|s| s.follows(uuid)) {
+        sub.ctl.send(msg.clone());
+    }
+}
+
+/// Serves one machines socket from upgrade to close.
+pub async fn serve(
+    state: AppState,
+    ws: Socket,
+    kind: Kind,
+    token: Option<String>,
+    query: Option<String>,
+) {
+    let actor = match crate::auth::authenticate(&state, token.as_deref()).await {
+        Ok(a) => a,
+        Err(_) => {
+            conn::refuse(
+                ws,
+                None,
+                CloseWith::new(code::UNAUTHORIZED, "invalid or missing token"),
+            )
+            .await;
+            return;
+        }
+    };
+    let needs = (kind == Kind::Global).then_some(Permission::ViewAllVms);
+    if needs.is_some_and(|p| !actor.has(p)) {
+        conn::refuse(
+            ws,
+            None,
+            CloseWith::new(code::FORBIDDEN, "this stream needs VIEW_ALL_VMS"),
+        )
+        .await;
+        return;
+    }
+    let extra: BTreeSet<Uuid> = query
+        .as_deref()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k == "machine_uuid")
+                .filter_map(|(_, v)| Uuid::parse_str(&v).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let stored: BTreeSet<Uuid> = if kind == Kind::Subscribed {
+        let user = actor.user.uuid;
+        match state.db.run(move |db| db.subscriptions(user)).await {
+            Ok(v) => v.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read subscriptions");
+                conn::refuse(ws, None, CloseWith::new(code::SERVER_ERROR, "server error")).await;
+                return;
+            }
+        }
+    } else {
+        BTreeSet::new()
+    };
+    let (ctl, rx) = Control::new(state.config.ws.send_queue);
+    let _registration = state.ws.register(&actor, needs, &ctl);
+    let _membership = state
+        .machines_hub
+        .join(kind, actor.user.clone(), extra, stored, ctl.clone());
+    let opts = super::options(&state, Some(actor.claims.exp));
+    let shutdown = state.ws.shutdown.subscribe();
+    conn::run(ws, ctl, rx, opts, shutdown, |_| Reply::Continue).await;
+}
+
+/// Seconds until `exp`, as an instant (tokens carry whole seconds).
+pub fn instant_of(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(exp).saturating_sub(now);
+    let _ = now_unix;
+    tokio::time::Instant::now() + left
+}
