@@ -202,12 +202,18 @@ impl Resp {
     }
 }
 
+/// Simulated boot and shutdown times every daemon gets unless a test sets its own, so that
+/// power actions complete quickly.
+pub const DEFAULT_SIM_BOOT_MS: u64 = 300;
+pub const DEFAULT_SIM_SHUTDOWN_MS: u64 = 200;
+
 /// Collects the configuration for a daemon before it starts.
 #[derive(Debug, Default)]
 pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     no_admin_password: bool,
+    plugins: Vec<PathBuf>,
 }
 
 impl DaemonBuilder {
@@ -222,6 +228,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Copies this plugin library into the daemon's (otherwise empty) plugin directory.
+    pub fn plugin(mut self, so: &Path) -> Self {
+        self.plugins.push(so.to_owned());
+        self
+    }
+
     /// Prepares the directories without starting anything.
     pub fn build(self) -> Daemon {
         let root = tempfile::Builder::new()
@@ -231,6 +243,28 @@ impl DaemonBuilder {
         let data_dir = root.path().join("data");
         fs::create_dir(&data_dir).expect("create data dir");
         let mut env = self.env;
+        // Always a fresh plugin directory, so that nothing next to the binary (the build
+        // output) is ever picked up; tests put the plugins they want into it.
+        let plugins_dir = root.path().join("plugins");
+        fs::create_dir(&plugins_dir).expect("create plugins dir");
+        let has = |env: &[(String, String)], key: &str| env.iter().any(|(k, _)| k == key);
+        if !has(&env, "ORCHARD_PLUGINS_DIR") {
+            env.push((
+                "ORCHARD_PLUGINS_DIR".into(),
+                plugins_dir.to_string_lossy().into_owned(),
+            ));
+        }
+        for (key, ms) in [
+            ("ORCHARD_SIMULATOR_BOOT_MS", DEFAULT_SIM_BOOT_MS),
+            ("ORCHARD_SIMULATOR_SHUTDOWN_MS", DEFAULT_SIM_SHUTDOWN_MS),
+        ] {
+            if !has(&env, key) {
+                env.push((key.into(), ms.to_string()));
+            }
+        }
+        for so in &self.plugins {
+            install_plugin(&plugins_dir, so);
+        }
         let admin_password = if self.no_admin_password {
             None
         } else {
@@ -245,6 +279,7 @@ impl DaemonBuilder {
         Daemon {
             root,
             data_dir,
+            plugins_dir,
             env,
             args: self.args,
             listen: "127.0.0.1:0".to_owned(),
@@ -274,6 +309,7 @@ struct Running {
 pub struct Daemon {
     root: TempDir,
     data_dir: PathBuf,
+    plugins_dir: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
     listen: String,
@@ -304,6 +340,12 @@ impl Daemon {
 
     pub fn data_dir_str(&self) -> String {
         self.data_dir.to_string_lossy().into_owned()
+    }
+
+    /// The plugin directory the daemon loads from (`ORCHARD_PLUGINS_DIR`; empty unless a
+    /// test put plugins in it).
+    pub fn plugins_dir(&self) -> &Path {
+        &self.plugins_dir
     }
 
     /// Sets (or replaces) an environment variable for the next launch.
@@ -594,6 +636,22 @@ impl Drop for Daemon {
             let _ = running.child.wait();
         }
     }
+}
+
+/// Copies `so` into `dir` under its own file name; returns the new path.
+fn install_plugin(dir: &Path, so: &Path) -> PathBuf {
+    let name = so
+        .file_name()
+        .unwrap_or_else(|| panic!("plugin path without a file name: {}", so.display()));
+    let dest = dir.join(name);
+    fs::copy(so, &dest).unwrap_or_else(|e| {
+        panic!(
+            "cannot copy plugin {} to {}: {e}",
+            so.display(),
+            dest.display()
+        )
+    });
+    dest
 }
 
 fn read_stderr(stderr: ChildStderr, logs: &Mutex<String>, ready: &mpsc::Sender<u16>) {

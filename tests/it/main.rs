@@ -5,6 +5,9 @@
 
 mod auth;
 mod cli;
+mod fixtures;
 mod harness;
 mod lifecycle;
+mod machines;
+mod plugins;
 mod users;
