@@ -180,6 +180,8 @@ pub struct Ws {
     pub max_message: u64,
     /// Bound on a socket's outgoing buffer, in bytes.
     pub max_write_buffer: u64,
+    /// Sockets allowed at once between upgrade and authentication (503 above).
+    pub max_unauthenticated: usize,
 }
 
 impl Default for Ws {
@@ -191,6 +193,7 @@ impl Default for Ws {
             send_queue: 256,
             max_message: 64 * 1024,
             max_write_buffer: 8 * 1024 * 1024,
+            max_unauthenticated: 256,
         }
     }
 }

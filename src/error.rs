@@ -28,6 +28,9 @@ pub enum Error {
     TooManyRequests { retry_after: u64 },
     #[error("{0}")]
     NotSupported(String),
+    /// Temporarily over a limit; retry later.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     BackendUnavailable(String),
     #[error("{0}")]
@@ -61,6 +64,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BackendFailed(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,6 +83,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::NotSupported(_) => "not_supported",
+            Self::Busy(_) => "busy",
             Self::BackendUnavailable(_) => "backend_unavailable",
             Self::BackendFailed(_) => "backend_error",
             Self::Internal(_) => "internal_error",

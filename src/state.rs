@@ -38,6 +38,7 @@ impl AppState {
         local_addr: SocketAddr,
     ) -> Self {
         let tokens = Tokens::new(jwt_secret, config.auth.token_ttl, config.auth.session_max);
+        let config_max_unauth = config.ws.max_unauthenticated;
         let limiter = LoginLimiter::new(
             config.auth.login_max_failures,
             Duration::from_secs(config.auth.login_window),
@@ -50,7 +51,7 @@ impl AppState {
             limiter,
             machines_hub: crate::ws::machines::Hub::new(machines.clone()),
             machines,
-            ws: Arc::new(crate::ws::Sockets::default()),
+            ws: Arc::new(crate::ws::Sockets::new(config_max_unauth)),
             local_addr,
         }))
     }

@@ -526,8 +526,11 @@ pub async fn serve(
     kind: Kind,
     token: Option<String>,
     query: Option<String>,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let actor = match crate::auth::authenticate(&state, token.as_deref()).await {
+    let authenticated = crate::auth::authenticate(&state, token.as_deref()).await;
+    drop(unauthenticated);
+    let actor = match authenticated {
         Ok(a) => a,
         Err(_) => {
             conn::refuse(

@@ -134,6 +134,12 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
             "this Origin may not open WebSockets here",
         ));
     }
+    // At most `ws.max_unauthenticated` sockets may be between upgrade and authentication.
+    let Ok(unauth) = state.ws.unauthenticated.clone().try_acquire_owned() else {
+        return error_response(&Error::Busy(
+            "too many unauthenticated WebSockets; retry".into(),
+        ));
+    };
     let accept = derive_accept_key(key.as_bytes());
     let token = request_token(req.uri().query(), h);
     let query = req.uri().query().map(str::to_owned);
@@ -154,7 +160,9 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
         )
         .await;
         match endpoint {
-            Endpoint::Machines(kind) => machines::serve(state, ws, kind, token, query).await,
+            Endpoint::Machines(kind) => {
+                machines::serve(state, ws, kind, token, query, unauth).await
+            }
         }
     });
     let mut r = Response::new(Bytes::new().into());
@@ -219,11 +227,14 @@ pub struct Sockets {
     live: Mutex<HashMap<u64, Entry>>,
     pub tasks: tokio_util::task::TaskTracker,
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Permits for sockets not yet authenticated (contract: at most 256 at once).
+    pub unauthenticated: Arc<tokio::sync::Semaphore>,
 }
 
-impl Default for Sockets {
-    fn default() -> Self {
+impl Sockets {
+    pub fn new(max_unauthenticated: usize) -> Self {
         Self {
+            unauthenticated: Arc::new(tokio::sync::Semaphore::new(max_unauthenticated.max(1))),
             next: std::sync::atomic::AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
