@@ -293,6 +293,8 @@ pub struct Simulator {
     pub boot_ms: u64,
     /// How long a simulated shutdown takes, in milliseconds.
     pub shutdown_ms: u64,
+    /// Restarts per second over the running fleet: a load source for benchmarks (0: off).
+    pub churn_per_second: u32,
 }
 
 impl Default for Simulator {
@@ -301,6 +303,7 @@ impl Default for Simulator {
             machines: 8,
             boot_ms: 2000,
             shutdown_ms: 1000,
+            churn_per_second: 0,
         }
     }
 }

@@ -377,6 +377,8 @@ pub fn settings_for(config: &Config, name: &str) -> serde_json::Value {
             .or_insert((s.boot_ms as f64 / 1000.0).into());
         obj.entry("shutdown_seconds")
             .or_insert((s.shutdown_ms as f64 / 1000.0).into());
+        obj.entry("churn_per_second")
+            .or_insert(s.churn_per_second.into());
     }
     settings
 }

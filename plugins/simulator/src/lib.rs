@@ -100,6 +100,7 @@ impl Sink for Host {
 pub struct Simulator {
     core: Arc<Core>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
+    churn: Mutex<Option<JoinHandle<()>>>,
 }
 
 orchard_plugin_api::export_backend!(Simulator);
@@ -499,6 +500,38 @@ impl Core {
         Ok(())
     }
 
+    /// The churn load: restarts `rate` running machines per second, round robin, in small
+    /// batches every 10 ms, until the scheduler stops.
+    fn churn(&self, rate: u32) {
+        let step = Duration::from_millis(10);
+        let mut owed = 0.0_f64;
+        let mut next = 0usize;
+        while !self.timers.is_stopped() {
+            std::thread::sleep(step);
+            owed += f64::from(rate) * step.as_secs_f64();
+            while owed >= 1.0 {
+                owed -= 1.0;
+                let pick = {
+                    let st = self.lock();
+                    let n = st.machines.len();
+                    (0..n)
+                        .map(|k| (next + k) % n.max(1))
+                        .find(|&i| {
+                            st.machines.get(i).is_some_and(|m| {
+                                m.status == MachineStatus::Running
+                                    && !m.fail_boot
+                                    && !m.fail_shutdown
+                            })
+                        })
+                        .and_then(|i| st.machines.get(i).map(|m| (i, m.info.uuid.clone())))
+                };
+                let Some((i, uuid)) = pick else { break };
+                next = i + 1;
+                let _ = self.power(&uuid, PowerAction::Restart);
+            }
+        }
+    }
+
     /// Machines picked by a selection (all when empty), mapped by `f`, under the lock.
     fn select<T>(&self, uuids: &[String], f: impl Fn(&Machine) -> T) -> Vec<T> {
         let st = self.lock();
@@ -579,9 +612,24 @@ impl Simulator {
             .map_err(|e| {
                 PluginError::Failed(format!("cannot start the simulator's scheduler: {e}"))
             })?;
+        let churn = match core.settings.churn_per_second {
+            0 => None,
+            rate => {
+                let worker = Arc::clone(&core);
+                Some(
+                    std::thread::Builder::new()
+                        .name("orchard-sim-churn".into())
+                        .spawn(move || worker.churn(rate))
+                        .map_err(|e| {
+                            PluginError::Failed(format!("cannot start the churn thread: {e}"))
+                        })?,
+                )
+            }
+        };
         Ok(Self {
             core,
             scheduler: Mutex::new(Some(scheduler)),
+            churn: Mutex::new(churn),
         })
     }
 
@@ -589,13 +637,11 @@ impl Simulator {
     /// (and settle on the next start).
     fn stop_scheduler(&self) {
         self.core.timers.stop();
-        let handle = self
-            .scheduler
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        for slot in [&self.scheduler, &self.churn] {
+            let handle = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
         }
     }
 }

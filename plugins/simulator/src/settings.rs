@@ -18,6 +18,9 @@ pub(crate) struct Settings {
     pub boot: Duration,
     /// How long a graceful shutdown takes.
     pub shutdown: Duration,
+    /// Restarts per second spread over the running fleet (0: none). A load source for
+    /// benchmarks: each restart emits the shutdown and boot event pairs.
+    pub churn_per_second: u32,
 }
 
 impl Default for Settings {
@@ -26,6 +29,7 @@ impl Default for Settings {
             machines: 8,
             boot: Duration::from_secs(2),
             shutdown: Duration::from_secs(1),
+            churn_per_second: 0,
         }
     }
 }
@@ -61,6 +65,18 @@ impl Settings {
         }
         if let Some(v) = present(map, "shutdown_seconds") {
             settings.shutdown = seconds("shutdown_seconds", v)?;
+        }
+        if let Some(v) = present(map, "churn_per_second") {
+            settings.churn_per_second = v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n <= 1_000_000)
+                .ok_or_else(|| {
+                    PluginError::InvalidArgument(format!(
+                        "simulator setting `churn_per_second` must be a whole number from 0 \
+                         to 1000000, got {v}"
+                    ))
+                })?;
         }
         Ok(settings)
     }

@@ -1189,3 +1189,37 @@ mod abi {
         unsafe { (table.destroy.unwrap())(instance) };
     }
 }
+
+#[test]
+fn churn_restarts_running_machines_continuously() {
+    let dir = TempDir::new();
+    let (sim, rec) = start_in(
+        dir.path(),
+        json!({"machines": 6, "boot_seconds": 0, "shutdown_seconds": 0, "churn_per_second": 200}),
+    )
+    .unwrap();
+    // Several full restarts, of more than one machine, arrive without any power call.
+    let events = rec.wait("churned restarts", |ev| {
+        ev.iter()
+            .filter(|e| matches!(e, Event::BootSuccess { .. }))
+            .count()
+            >= 20
+    });
+    let restarted: std::collections::HashSet<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ShutdownStart { uuid } => Some(uuid.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(restarted.len() > 1, "churn should spread over the fleet");
+    // The fail-boot machine is never picked.
+    let broken = sim
+        .list_machines()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.tags.iter().any(|t| t == "fail-boot"))
+        .unwrap();
+    assert!(!restarted.contains(broken.uuid.as_str()));
+    drop(sim);
+}

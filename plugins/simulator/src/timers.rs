@@ -96,6 +96,10 @@ impl Timers {
         self.cv.notify_all();
     }
 
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.lock().stopped
+    }
+
     /// Waits for the next due step; `None` once stopped.
     pub(crate) fn next(&self) -> Option<Task> {
         let mut q = self.lock();
