@@ -178,8 +178,6 @@ pub struct Ws {
     pub send_queue: usize,
     /// Largest incoming message on authenticated A/B/E sockets (1009 above).
     pub max_message: u64,
-    /// Bound on a socket's outgoing buffer, in bytes.
-    pub max_write_buffer: u64,
     /// Sockets allowed at once between upgrade and authentication (503 above).
     pub max_unauthenticated: usize,
 }
@@ -192,7 +190,6 @@ impl Default for Ws {
             write_deadline: 10,
             send_queue: 256,
             max_message: 64 * 1024,
-            max_write_buffer: 8 * 1024 * 1024,
             max_unauthenticated: 256,
         }
     }

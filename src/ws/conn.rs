@@ -1,26 +1,28 @@
 //! The connection core every WebSocket API runs on: one task per socket that writes queued
-//! messages (coalesced: everything pending is fed, then one flush), the latest periodic
-//! snapshot (latest wins), reads and dispatches client messages, keeps the peer alive with
-//! pings, and closes with the right code on expiry, revocation, overflow or shutdown.
+//! messages (coalesced: everything pending is fed, then one flush, which tokio-websockets
+//! turns into vectored writes of each frame's header and the shared payload bytes — no
+//! per-socket copy), the latest periodic snapshot (latest wins), reads and dispatches client
+//! messages, keeps the peer alive with pings, and closes with the right code on expiry,
+//! revocation, overflow or shutdown.
 
 use std::borrow::Cow;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use tokio_websockets::{CloseCode, Error as WsError, Message, WebSocketStream};
+
+/// One pre-encoded UTF-8 text message, shared by every socket it goes to.
+pub type Text = Bytes;
 
 /// Close codes shared by every API.
 pub mod code {
     pub const GOING_AWAY: u16 = 1001;
-    pub const TOO_BIG: u16 = 1009;
     pub const SERVER_ERROR: u16 = 1011;
     /// The client did not read fast enough: its send queue filled up.
     pub const TOO_SLOW: u16 = 4008;
@@ -45,16 +47,16 @@ impl CloseWith {
 
 /// The handle producers use to reach one socket. Never blocks.
 pub struct Control {
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Text>,
     wake: Notify,
     close: Mutex<Option<CloseWith>>,
-    latest: Mutex<Option<Utf8Bytes>>,
+    latest: Mutex<Option<Text>>,
     closed: AtomicBool,
 }
 
 impl Control {
     /// A control and the receiving end of its bounded queue.
-    pub fn new(queue: usize) -> (std::sync::Arc<Self>, mpsc::Receiver<Utf8Bytes>) {
+    pub fn new(queue: usize) -> (std::sync::Arc<Self>, mpsc::Receiver<Text>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         (
             std::sync::Arc::new(Self {
@@ -70,7 +72,7 @@ impl Control {
 
     /// Queues a message. A full queue means the client cannot keep up: it is closed with
     /// [`code::TOO_SLOW`] rather than allowed to grow memory or skip events silently.
-    pub fn send(&self, msg: Utf8Bytes) -> bool {
+    pub fn send(&self, msg: Text) -> bool {
         if self.is_closed() {
             return false;
         }
@@ -88,7 +90,7 @@ impl Control {
     }
 
     /// Replaces the pending periodic snapshot (latest wins).
-    pub fn set_latest(&self, msg: Utf8Bytes) {
+    pub fn set_latest(&self, msg: Text) {
         if self.is_closed() {
             return;
         }
@@ -114,7 +116,7 @@ impl Control {
         self.close.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn take_latest(&self) -> Option<Utf8Bytes> {
+    fn take_latest(&self) -> Option<Text> {
         self.latest.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -140,7 +142,7 @@ pub enum Reply {
 pub async fn run<S>(
     mut ws: WebSocketStream<S>,
     ctl: std::sync::Arc<Control>,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
+    mut rx: mpsc::Receiver<Text>,
     opts: Options,
     mut shutdown: watch::Receiver<bool>,
     mut on_text: impl FnMut(&str) -> Reply + Send,
@@ -189,14 +191,14 @@ pub async fn run<S>(
                 last_heard = Instant::now();
                 match incoming {
                     None => break None,
-                    Some(Ok(Message::Text(t))) => match on_text(t.as_str()) {
+                    Some(Ok(m)) if m.is_text() => match on_text(m.as_text().unwrap_or_default()) {
                         Reply::Continue => {}
                     },
-                    Some(Ok(Message::Binary(_))) => {
+                    Some(Ok(m)) if m.is_binary() => {
                         break Some(CloseWith::new(1003, "binary messages are not accepted"));
                     }
-                    Some(Ok(Message::Close(_))) => {
-                        // Answer the peer's close and finish.
+                    Some(Ok(m)) if m.is_close() => {
+                        // The library queued the answer to the peer's close: send it, finish.
                         let _ = tokio::time::timeout(opts.write_deadline, ws.flush()).await;
                         break None;
                     }
@@ -206,8 +208,10 @@ pub async fn run<S>(
                             break None;
                         }
                     }
-                    Some(Err(WsError::Capacity(_))) => {
-                        break Some(CloseWith::new(code::TOO_BIG, "message too big"));
+                    Some(Err(WsError::PayloadTooLong { .. })) => {
+                        // The library queued a 1009 close: send it, finish.
+                        let _ = tokio::time::timeout(opts.write_deadline, ws.flush()).await;
+                        break None;
                     }
                     Some(Err(_)) => break None,
                 }
@@ -217,7 +221,7 @@ pub async fn run<S>(
                     tracing::debug!("websocket peer silent; dropped");
                     break None;
                 }
-                let sent = tokio::time::timeout(opts.write_deadline, ws.send(Message::Ping(Bytes::new()))).await;
+                let sent = tokio::time::timeout(opts.write_deadline, ws.send(Message::ping(Bytes::new()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     break None;
                 }
@@ -227,11 +231,7 @@ pub async fn run<S>(
     ctl.closed.store(true, Ordering::Relaxed);
     rx.close();
     if let Some(c) = close {
-        let frame = CloseFrame {
-            code: CloseCode::from(c.code),
-            reason: Utf8Bytes::from(c.reason.into_owned()),
-        };
-        let _ = tokio::time::timeout(opts.write_deadline, ws.close(Some(frame))).await;
+        let _ = tokio::time::timeout(opts.write_deadline, ws.send(close_message(&c))).await;
         // Let the peer answer the close so the frame is not lost to a reset.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Some(Ok(_)) = ws.next().await {}
@@ -241,8 +241,8 @@ pub async fn run<S>(
 }
 
 /// Everything already queued, after `first`.
-fn drain(rx: &mut mpsc::Receiver<Utf8Bytes>, first: Option<Utf8Bytes>) -> Vec<Utf8Bytes> {
-    let mut batch: Vec<Utf8Bytes> = first.into_iter().collect();
+fn drain(rx: &mut mpsc::Receiver<Text>, first: Option<Text>) -> Vec<Text> {
+    let mut batch: Vec<Text> = first.into_iter().collect();
     while let Ok(m) = rx.try_recv() {
         batch.push(m);
     }
@@ -250,13 +250,13 @@ fn drain(rx: &mut mpsc::Receiver<Utf8Bytes>, first: Option<Utf8Bytes>) -> Vec<Ut
 }
 
 /// Feeds the batch and flushes once, within the write deadline.
-async fn write<S>(ws: &mut WebSocketStream<S>, batch: Vec<Utf8Bytes>, deadline: Duration) -> bool
+async fn write<S>(ws: &mut WebSocketStream<S>, batch: Vec<Text>, deadline: Duration) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let work = async {
         for m in batch {
-            ws.feed(Message::Text(m)).await?;
+            ws.feed(Message::text(m)).await?;
         }
         ws.flush().await
     };
@@ -264,22 +264,23 @@ where
 }
 
 /// Sends one close frame on a socket that never entered [`run`] (refused after upgrade).
-pub async fn refuse<S>(mut ws: WebSocketStream<S>, first: Option<Utf8Bytes>, with: CloseWith)
+pub async fn refuse<S>(mut ws: WebSocketStream<S>, first: Option<Text>, with: CloseWith)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let deadline = Duration::from_secs(5);
     if let Some(m) = first {
-        let _ = tokio::time::timeout(deadline, ws.send(Message::Text(m))).await;
+        let _ = tokio::time::timeout(deadline, ws.send(Message::text(m))).await;
     }
-    let frame = CloseFrame {
-        code: CloseCode::from(with.code),
-        reason: Utf8Bytes::from(with.reason.into_owned()),
-    };
-    let _ = tokio::time::timeout(deadline, ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(deadline, ws.send(close_message(&with))).await;
     // Give the peer a moment to answer the close so the frame is not lost to a reset.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
+}
+
+fn close_message(c: &CloseWith) -> Message {
+    let code = CloseCode::try_from(c.code).unwrap_or(CloseCode::INTERNAL_SERVER_ERROR);
+    Message::close(Some(code), &c.reason)
 }

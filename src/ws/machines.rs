@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::Socket;
-use super::conn::{self, CloseWith, Control, Reply, code};
+use super::conn::{self, CloseWith, Control, Reply, Text, code};
 use crate::machines::{Machine, MachineEvent, Machines, sees};
 use crate::model::{Permission, User, now_iso, now_unix};
 use crate::state::AppState;
@@ -36,7 +35,7 @@ pub fn route(path: &str) -> Option<Kind> {
 }
 
 /// `{uuid, type, body, timestamp}` with a pre-encoded body.
-fn envelope(kind: &str, body: &str) -> Utf8Bytes {
+fn envelope(kind: &str, body: &str) -> Text {
     let mut s = String::with_capacity(body.len() + 128);
     let _ = write!(
         s,
@@ -46,7 +45,7 @@ fn envelope(kind: &str, body: &str) -> Utf8Bytes {
         body,
         now_iso()
     );
-    Utf8Bytes::from(s)
+    Text::from(s)
 }
 
 fn encode<T: Serialize>(v: &T) -> String {
@@ -278,8 +277,8 @@ impl Hub {
                     .or_insert_with(|| which.fragment(m))
                     .clone()
             };
-            let mut global: Option<Utf8Bytes> = None;
-            let mut by_set: HashMap<Arc<[Uuid]>, Utf8Bytes> = HashMap::new();
+            let mut global: Option<Text> = None;
+            let mut by_set: HashMap<Arc<[Uuid]>, Text> = HashMap::new();
             for sub in subs.values() {
                 let msg = match sub.kind {
                     Kind::Global => global

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_websockets::WebSocketStream;
 use uuid::Uuid;
 use warp::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use warp::reply::Response;
@@ -153,12 +152,7 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(ws_config(&state)),
-        )
-        .await;
+        let ws = server_builder(&state).serve(TokioIo::new(upgraded));
         match endpoint {
             Endpoint::Machines(kind) => {
                 machines::serve(state, ws, kind, token, query, unauth).await
@@ -199,16 +193,18 @@ pub fn options(state: &AppState, exp: Option<u64>) -> conn::Options {
     }
 }
 
-/// Small buffers per socket: a 4 KiB read buffer (tungstenite's default is 128 KiB),
-/// bounded writes, and the incoming message limit.
-fn ws_config(state: &AppState) -> WebSocketConfig {
+/// The protocol settings of every socket: incoming messages limited to `ws.max_message`
+/// (1009 above), outgoing frames never split, and no flush forced by the queue size (the
+/// connection core flushes once per batch).
+fn server_builder(state: &AppState) -> tokio_websockets::ServerBuilder {
     let max = state.config.ws.max_message as usize;
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(state.config.ws.max_write_buffer as usize)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
+    tokio_websockets::ServerBuilder::new()
+        .config(
+            tokio_websockets::Config::default()
+                .frame_size(usize::MAX / 2)
+                .flush_threshold(usize::MAX),
+        )
+        .limits(tokio_websockets::Limits::default().max_payload_len(Some(max)))
 }
 
 /// One live authenticated socket, as revocation sees it.
