@@ -6,6 +6,7 @@
 //! revocation, overflow or shutdown.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_websockets::{CloseCode, Error as WsError, Message, WebSocketStream};
 
@@ -46,8 +47,12 @@ impl CloseWith {
 }
 
 /// The handle producers use to reach one socket. Never blocks.
+///
+/// The queue is a plain deque behind a mutex, taken whole by the socket task: an idle
+/// socket holds no queue allocation at all (a channel would keep a block of slots).
 pub struct Control {
-    tx: mpsc::Sender<Text>,
+    queue: Mutex<VecDeque<Text>>,
+    capacity: usize,
     wake: Notify,
     close: Mutex<Option<CloseWith>>,
     latest: Mutex<Option<Text>>,
@@ -55,19 +60,16 @@ pub struct Control {
 }
 
 impl Control {
-    /// A control and the receiving end of its bounded queue.
-    pub fn new(queue: usize) -> (std::sync::Arc<Self>, mpsc::Receiver<Text>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        (
-            std::sync::Arc::new(Self {
-                tx,
-                wake: Notify::new(),
-                close: Mutex::new(None),
-                latest: Mutex::new(None),
-                closed: AtomicBool::new(false),
-            }),
-            rx,
-        )
+    /// A control whose queue holds at most `capacity` messages.
+    pub fn new(capacity: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            wake: Notify::new(),
+            close: Mutex::new(None),
+            latest: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        })
     }
 
     /// Queues a message. A full queue means the client cannot keep up: it is closed with
@@ -76,17 +78,22 @@ impl Control {
         if self.is_closed() {
             return false;
         }
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseWith::new(
-                    code::TOO_SLOW,
-                    "client too slow: send queue full",
-                ));
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.capacity {
+            drop(q);
+            self.close(CloseWith::new(
+                code::TOO_SLOW,
+                "client too slow: send queue full",
+            ));
+            return false;
         }
+        let was_empty = q.is_empty();
+        q.push_back(msg);
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
     }
 
     /// Replaces the pending periodic snapshot (latest wins).
@@ -116,8 +123,14 @@ impl Control {
         self.close.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn take_latest(&self) -> Option<Text> {
-        self.latest.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// Everything pending: the latest snapshot first, then the queue in order.
+    fn take_batch(&self) -> Vec<Text> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let queued = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut batch = Vec::with_capacity(queued.len() + 1);
+        batch.extend(latest);
+        batch.extend(queued);
+        batch
     }
 }
 
@@ -142,7 +155,6 @@ pub enum Reply {
 pub async fn run<S>(
     mut ws: WebSocketStream<S>,
     ctl: std::sync::Arc<Control>,
-    mut rx: mpsc::Receiver<Text>,
     opts: Options,
     mut shutdown: watch::Receiver<bool>,
     mut on_text: impl FnMut(&str) -> Reply + Send,
@@ -173,17 +185,8 @@ pub async fn run<S>(
                 if let Some(c) = ctl.take_close() {
                     break Some(c);
                 }
-                if let Some(latest) = ctl.take_latest() {
-                    let batch = drain(&mut rx, Some(latest));
-                    if !write(&mut ws, batch, opts.write_deadline).await {
-                        break None;
-                    }
-                }
-            }
-            msg = rx.recv() => {
-                let Some(first) = msg else { break None };
-                let batch = drain(&mut rx, Some(first));
-                if !write(&mut ws, batch, opts.write_deadline).await {
+                let batch = ctl.take_batch();
+                if !batch.is_empty() && !write(&mut ws, batch, opts.write_deadline).await {
                     break None;
                 }
             }
@@ -229,7 +232,7 @@ pub async fn run<S>(
         }
     };
     ctl.closed.store(true, Ordering::Relaxed);
-    rx.close();
+    ctl.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
     if let Some(c) = close {
         let _ = tokio::time::timeout(opts.write_deadline, ws.send(close_message(&c))).await;
         // Let the peer answer the close so the frame is not lost to a reset.
@@ -238,15 +241,6 @@ pub async fn run<S>(
         })
         .await;
     }
-}
-
-/// Everything already queued, after `first`.
-fn drain(rx: &mut mpsc::Receiver<Text>, first: Option<Text>) -> Vec<Text> {
-    let mut batch: Vec<Text> = first.into_iter().collect();
-    while let Ok(m) = rx.try_recv() {
-        batch.push(m);
-    }
-    batch
 }
 
 /// Feeds the batch and flushes once, within the write deadline.

@@ -573,14 +573,14 @@ pub async fn serve(
     } else {
         BTreeSet::new()
     };
-    let (ctl, rx) = Control::new(state.config.ws.send_queue);
+    let ctl = Control::new(state.config.ws.send_queue);
     let _registration = state.ws.register(&actor, needs, &ctl);
     let _membership = state
         .machines_hub
         .join(kind, actor.user.clone(), extra, stored, ctl.clone());
     let opts = super::options(&state, Some(actor.claims.exp));
     let shutdown = state.ws.shutdown.subscribe();
-    conn::run(ws, ctl, rx, opts, shutdown, |_| Reply::Continue).await;
+    conn::run(ws, ctl, opts, shutdown, |_| Reply::Continue).await;
 }
 
 /// Seconds until `exp`, as an instant (tokens carry whole seconds).
