@@ -238,6 +238,8 @@ pub struct Clusters {
     pub pong_wait: u64,
     pub write_deadline: u64,
     pub max_message: u64,
+    /// A burst of member changes gives one `cluster.updated` per cluster per this many ms.
+    pub debounce_ms: u64,
 }
 
 impl Default for Clusters {
@@ -248,6 +250,7 @@ impl Default for Clusters {
             pong_wait: 60,
             write_deadline: 10,
             max_message: 512,
+            debounce_ms: 250,
         }
     }
 }

@@ -6,6 +6,7 @@ mod auth;
 mod backends;
 mod bootstrap;
 mod cli;
+mod clusters;
 mod config;
 mod db;
 mod error;
@@ -120,8 +121,16 @@ fn serve(
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let grace = Duration::from_secs(config.http.shutdown_grace);
         let machines = start_machines(&config, &db).await?;
-        let state = state::AppState::new(config, db, hasher, &jwt_secret, machines, local);
+        let clusters = clusters::Clusters::load(db.clone(), machines.clone())
+            .await
+            .map_err(|e| format!("cannot load clusters: {e}"))?;
+        let debounce = Duration::from_millis(config.clusters.debounce_ms);
+        clusters.start(debounce);
+        let state =
+            state::AppState::new(config, db, hasher, &jwt_secret, machines, clusters, local);
         state.machines_hub.start(&state);
+        state.vms_hub.start(&state);
+        state.clusters_hub.start(&state.clusters);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             "listening on http://{local}"

@@ -23,6 +23,9 @@ pub struct Inner {
     pub limiter: LoginLimiter,
     pub machines: Arc<Machines>,
     pub machines_hub: Arc<crate::ws::machines::Hub>,
+    pub vms_hub: Arc<crate::ws::vms::Hub>,
+    pub clusters: Arc<crate::clusters::Clusters>,
+    pub clusters_hub: Arc<crate::ws::clusters::Hub>,
     pub ws: Arc<crate::ws::Sockets>,
     /// The address the listener is bound to (the server's own origin derives from it).
     pub local_addr: SocketAddr,
@@ -35,6 +38,7 @@ impl AppState {
         hasher: Hasher,
         jwt_secret: &[u8],
         machines: Arc<Machines>,
+        clusters: Arc<crate::clusters::Clusters>,
         local_addr: SocketAddr,
     ) -> Self {
         let tokens = Tokens::new(jwt_secret, config.auth.token_ttl, config.auth.session_max);
@@ -50,6 +54,9 @@ impl AppState {
             tokens,
             limiter,
             machines_hub: crate::ws::machines::Hub::new(machines.clone()),
+            vms_hub: crate::ws::vms::Hub::new(machines.clone()),
+            clusters,
+            clusters_hub: Arc::new(crate::ws::clusters::Hub::default()),
             machines,
             ws: Arc::new(crate::ws::Sockets::new(config_max_unauth)),
             local_addr,

@@ -2,6 +2,7 @@
 //! Only `api/` (with `server.rs`) knows HTTP.
 
 mod auth;
+mod clusters;
 mod machines;
 mod router;
 mod users;
@@ -63,6 +64,11 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/api/subscriptions/{machine_uuid}", Token => machines::subscribe),
         route!(DELETE "/api/subscriptions/{machine_uuid}", Token => machines::unsubscribe),
         route!(GET "/api/backends", AnyOf(&[P::ViewAllVms]) => machines::backends),
+        route!(GET "/api/clusters", AnyOf(&[P::ViewAllVms]) => clusters::list),
+        route!(POST "/api/clusters", AnyOf(&[P::ManageAllVms]) => clusters::create),
+        route!(GET "/api/clusters/{name}", AnyOf(&[P::ViewAllVms]) => clusters::get),
+        route!(PATCH "/api/clusters/{name}", AnyOf(&[P::ManageAllVms]) => clusters::patch),
+        route!(DELETE "/api/clusters/{name}", AnyOf(&[P::ManageAllVms]) => clusters::delete),
     ]
 }
 

@@ -254,7 +254,12 @@ where
     (route.handler)(req).await
 }
 
-/// Reads the body up to `limit` bytes; 413 as soon as it is known to be larger.
+/// Bytes of an oversized body read and thrown away before answering 413, so that a client
+/// still sending gets the answer rather than a reset; beyond this the connection just ends.
+const DRAIN_MAX: u64 = 8 * 1024 * 1024;
+
+/// Reads the body up to `limit` bytes; a larger one is 413 (after draining what a client is
+/// likely to still send, up to [`DRAIN_MAX`]).
 async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: u64) -> Result<Bytes>
 where
     S: Stream<Item = std::result::Result<B, warp::Error>> + Send,
@@ -264,15 +269,19 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = std::pin::pin!(body);
     if declared.is_some_and(|n| n > limit) {
+        drain(&mut body, 0).await;
         return Err(Error::PayloadTooLarge { limit });
     }
     let mut buf = BytesMut::new();
-    let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
         let mut chunk =
             chunk.map_err(|_| Error::bad_request("the request body could not be read"))?;
         if buf.len() as u64 + chunk.remaining() as u64 > limit {
+            let seen = buf.len() as u64 + chunk.remaining() as u64;
+            drop(buf);
+            drain(&mut body, seen).await;
             return Err(Error::PayloadTooLarge { limit });
         }
         while chunk.has_remaining() {
@@ -283,6 +292,20 @@ where
         }
     }
     Ok(buf.freeze())
+}
+
+/// Reads and discards the rest of a body, up to [`DRAIN_MAX`] bytes in all.
+async fn drain<S, B>(body: &mut std::pin::Pin<&mut S>, mut seen: u64)
+where
+    S: Stream<Item = std::result::Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    while seen <= DRAIN_MAX {
+        match body.next().await {
+            Some(Ok(chunk)) => seen += chunk.remaining() as u64,
+            _ => break,
+        }
+    }
 }
 
 /// A JSON response with `status`.

@@ -275,7 +275,6 @@ impl Backend {
         .map(drop)
     }
 
-    #[expect(dead_code, reason = "used by the console WebSocket (issue 6)")]
     pub async fn console_resize(
         &self,
         session: String,

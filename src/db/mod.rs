@@ -6,6 +6,7 @@
 //! acknowledge nothing that is not on disk.
 
 mod audit;
+mod clusters;
 mod machines;
 mod schema;
 mod users;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
 pub use audit::AuditEntry;
+pub use clusters::ClusterRecord;
 pub use machines::Relations;
 pub use users::{NewUser, UserChange};
 

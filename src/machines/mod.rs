@@ -38,6 +38,8 @@ pub struct Machine {
     /// Bumped by every status event, so that a poll that started before the event does not
     /// overwrite the newer status with its older one.
     pub status_epoch: u64,
+    /// When the status last changed (ISO 8601), as far as this daemon saw it.
+    pub status_since: Option<String>,
 }
 
 /// What happened to machines, published once for every listener.
@@ -167,6 +169,7 @@ fn apply_states(
         let before = m.state.as_ref().map(|x| x.status);
         if before.is_some() && before != Some(s.status) {
             changes.push((uuid, s.status));
+            m.status_since = Some(crate::model::now_iso());
         }
         m.state = Some(s);
     }
@@ -250,6 +253,39 @@ impl Machines {
         self.read().get(&uuid).cloned()
     }
 
+    /// Resolves a machine by uuid, then by title.
+    pub fn find(&self, name: &str) -> Option<Machine> {
+        let all = self.read();
+        if let Ok(u) = Uuid::parse_str(name)
+            && let Some(m) = all.get(&u)
+        {
+            return Some(m.clone());
+        }
+        all.values().find(|m| m.info.title == name).cloned()
+    }
+
+    /// Refreshes one machine's open connections (after a console opened or closed).
+    pub async fn refresh_connections(&self, uuid: Uuid) {
+        let Ok((backend, _)) = self.backend_of(uuid) else {
+            return;
+        };
+        if let Ok(list) = backend.connections(&[uuid.to_string()]).await {
+            let mut all = self.write();
+            for c in list {
+                if let Some(m) = Uuid::parse_str(&c.uuid).ok().and_then(|u| all.get_mut(&u)) {
+                    m.connections = c.active_connections;
+                }
+            }
+        }
+    }
+
+    /// Opens a console on a machine's backend; the session id routes its output.
+    pub async fn console_open(&self, uuid: Uuid) -> Result<(Arc<Backend>, String), MachineError> {
+        let (backend, _) = self.backend_of(uuid)?;
+        let opened = backend.console_open(uuid.to_string()).await?;
+        Ok((backend, opened.session))
+    }
+
     /// Runs `f` over every machine under the read lock (no cloning).
     pub fn with_all<R>(&self, f: impl FnOnce(&HashMap<Uuid, Machine>) -> R) -> R {
         f(&self.read())
@@ -313,6 +349,7 @@ impl Machines {
             connections: Vec::new(),
             relations: relations.unwrap_or_default(),
             status_epoch: 0,
+            status_since: None,
         };
         let snapshot = Arc::new(m.clone());
         all.insert(uuid, m);
@@ -373,6 +410,9 @@ impl Machines {
             let changed = s.status != status;
             s.status = status;
             m.status_epoch += 1;
+            if changed {
+                m.status_since = Some(crate::model::now_iso());
+            }
             // Keep the figures consistent with the new status until the refresh that
             // follows every status change brings the backend's own.
             match status {
@@ -427,6 +467,7 @@ impl Machines {
                                 connections: Vec::new(),
                                 relations: relations.get(&uuid).cloned().unwrap_or_default(),
                                 status_epoch: 0,
+                                status_since: None,
                             },
                         );
                     }

@@ -182,12 +182,17 @@ pub async fn run<S>(
             }
             () = &mut expiry => break Some(CloseWith::new(code::UNAUTHORIZED, "token expired")),
             () = ctl.wake.notified() => {
-                if let Some(c) = ctl.take_close() {
-                    break Some(c);
+                // Messages queued before a close request still go out (an `error` explaining
+                // the close, say) — except to a client that is too slow to take them.
+                let close = ctl.take_close();
+                if close.as_ref().is_none_or(|c| c.code != code::TOO_SLOW) {
+                    let batch = ctl.take_batch();
+                    if !batch.is_empty() && !write(&mut ws, batch, opts.write_deadline).await {
+                        break None;
+                    }
                 }
-                let batch = ctl.take_batch();
-                if !batch.is_empty() && !write(&mut ws, batch, opts.write_deadline).await {
-                    break None;
+                if close.is_some() {
+                    break close;
                 }
             }
             incoming = ws.next() => {

@@ -2,8 +2,10 @@
 //! socket gets small buffers), the Origin check, token extraction, the registry of live
 //! sockets used for revocation, and one module per API over the connection core.
 
+pub mod clusters;
 pub mod conn;
 pub mod machines;
+pub mod vms;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -110,7 +112,8 @@ fn error_response(e: &Error) -> Response {
 /// Handles an upgrade request claimed by [`claims`].
 pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAddr) -> Response {
     let path = req.uri().path().to_owned();
-    let Some(endpoint) = Endpoint::of(&path) else {
+    let token = request_token(req.uri().query(), req.headers());
+    let Some(endpoint) = Endpoint::of(&path, token.is_some()) else {
         return error_response(&Error::not_found(format!("no WebSocket endpoint {path}")));
     };
     if req.method() != warp::http::Method::GET {
@@ -140,7 +143,6 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
         ));
     };
     let accept = derive_accept_key(key.as_bytes());
-    let token = request_token(req.uri().query(), h);
     let query = req.uri().query().map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = state.ws.tasks.clone();
@@ -152,11 +154,21 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
                 return;
             }
         };
-        let ws = server_builder(&state).serve(TokioIo::new(upgraded));
+        let max = match endpoint {
+            Endpoint::Clusters { .. } => state.config.clusters.max_message,
+            _ => state.config.ws.max_message,
+        };
+        let ws = server_builder(max).serve(TokioIo::new(upgraded));
         match endpoint {
             Endpoint::Machines(kind) => {
-                machines::serve(state, ws, kind, token, query, unauth).await
+                machines::serve(state, ws, kind, token, query, unauth).await;
             }
+            Endpoint::Vms(name, kind) => vms::serve(state, ws, name, kind, token, unauth).await,
+            Endpoint::Clusters { with_token } => {
+                let token = if with_token { token } else { None };
+                clusters::serve(state, ws, token, unauth).await;
+            }
+            Endpoint::Channels => channels_unavailable(state, ws, token, unauth).await,
         }
     });
     let mut r = Response::new(Bytes::new().into());
@@ -171,15 +183,83 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
 }
 
 /// The WebSocket endpoints.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Endpoint {
     Machines(machines::Kind),
+    Vms(String, vms::Kind),
+    /// Cluster events; `with_token` on `/ws/clusters` (a token there must be valid).
+    Clusters {
+        with_token: bool,
+    },
+    /// The channels API: `/ws` with a token (contract 4.4: any token parameter or header).
+    Channels,
 }
 
 impl Endpoint {
-    fn of(path: &str) -> Option<Self> {
-        machines::route(path).map(Self::Machines)
+    fn of(path: &str, has_token: bool) -> Option<Self> {
+        match path {
+            "/ws" if has_token => Some(Self::Channels),
+            "/ws" => Some(Self::Clusters { with_token: false }),
+            "/ws/clusters" => Some(Self::Clusters { with_token: true }),
+            _ => machines::route(path)
+                .map(Self::Machines)
+                .or_else(|| vms::route(path).map(|(n, k)| Self::Vms(n, k))),
+        }
     }
+}
+
+/// B's `AUTH_FAILED` error message.
+pub fn auth_failed() -> conn::Text {
+    conn::Text::from(
+        serde_json::json!({
+            "type": "error",
+            "channel": "system",
+            "data": {
+                "code": "AUTH_FAILED",
+                "message": "Invalid or expired JWT token",
+                "action": "reconnect_with_valid_token",
+            },
+            "timestamp": crate::model::now_iso(),
+        })
+        .to_string(),
+    )
+}
+
+/// `/ws` with a token belongs to the channels API (document B), which this build does not
+/// serve yet: a bad token still gets B's `AUTH_FAILED` and 4401; a good one gets a clear
+/// error and 1011.
+async fn channels_unavailable(
+    state: AppState,
+    ws: Socket,
+    token: Option<String>,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+) {
+    let authenticated = auth::authenticate(&state, token.as_deref()).await;
+    drop(unauthenticated);
+    if authenticated.is_err() {
+        conn::refuse(
+            ws,
+            Some(auth_failed()),
+            CloseWith::new(code::UNAUTHORIZED, "invalid token"),
+        )
+        .await;
+        return;
+    }
+    let msg = conn::Text::from(
+        serde_json::json!({
+            "type": "error",
+            "channel": "system",
+            "data": {"code": "UNAVAILABLE", "message": "the channels API is not available in this build"},
+            "timestamp": crate::model::now_iso(),
+        })
+        .to_string(),
+    );
+    conn::refuse(
+        ws,
+        Some(msg),
+        CloseWith::new(code::SERVER_ERROR, "channels API unavailable"),
+    )
+    .await;
 }
 
 /// The connection options of an authenticated socket whose token expires at `exp`.
@@ -196,8 +276,8 @@ pub fn options(state: &AppState, exp: Option<u64>) -> conn::Options {
 /// The protocol settings of every socket: incoming messages limited to `ws.max_message`
 /// (1009 above), outgoing frames never split, and no flush forced by the queue size (the
 /// connection core flushes once per batch).
-fn server_builder(state: &AppState) -> tokio_websockets::ServerBuilder {
-    let max = state.config.ws.max_message as usize;
+fn server_builder(max: u64) -> tokio_websockets::ServerBuilder {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
     tokio_websockets::ServerBuilder::new()
         .config(
             tokio_websockets::Config::default()
