@@ -40,6 +40,8 @@ pub struct Config {
     pub clusters: Clusters,
     pub agents: Agents,
     pub fleet: Fleet,
+    pub hosts: HostsConfig,
+    pub alerts: AlertRules,
     pub simulator: Simulator,
 }
 
@@ -287,6 +289,42 @@ impl Default for Fleet {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct HostsConfig {
+    /// Seconds between samples of the local host.
+    pub metrics_interval: u64,
+}
+
+impl Default for HostsConfig {
+    fn default() -> Self {
+        Self {
+            metrics_interval: 5,
+        }
+    }
+}
+
+/// Alert thresholds, in percent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertRules {
+    pub disk_warning: f64,
+    pub disk_critical: f64,
+    pub memory_warning: f64,
+    pub memory_critical: f64,
+}
+
+impl Default for AlertRules {
+    fn default() -> Self {
+        Self {
+            disk_warning: 85.0,
+            disk_critical: 95.0,
+            memory_warning: 90.0,
+            memory_critical: 97.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Simulator {
     pub machines: u32,
     /// How long a simulated boot takes, in milliseconds.
@@ -471,6 +509,11 @@ fn apply_env(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), Config
             raw.trim()
                 .parse()
                 .map_err(|_| err(format!("{section}.{key} takes a whole number")))?,
+        ),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| err(format!("{section}.{key} takes a number")))?,
         ),
         Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
             parse_bool(raw).ok_or_else(|| err(format!("{section}.{key} takes true or false")))?,

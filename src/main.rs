@@ -1,6 +1,7 @@
 //! `orchard`: start-up steps only. Parse the command line, load the configuration, open the
 //! data directory and the database, then either run the daemon or an offline command.
 
+mod alerts;
 mod api;
 mod auth;
 mod backends;
@@ -10,6 +11,7 @@ mod clusters;
 mod config;
 mod db;
 mod error;
+mod hosts;
 mod machines;
 mod model;
 mod secrets;
@@ -126,8 +128,23 @@ fn serve(
             .map_err(|e| format!("cannot load clusters: {e}"))?;
         let debounce = Duration::from_millis(config.clusters.debounce_ms);
         clusters.start(debounce);
-        let state =
-            state::AppState::new(config, db, hasher, &jwt_secret, machines, clusters, local);
+        let hosts = hosts::Hosts::new(&config.storage.data_dir)
+            .map_err(|e| format!("cannot record this host's id: {e}"))?;
+        hosts.start_local_sampler(Duration::from_secs(config.hosts.metrics_interval.max(1)));
+        let alerts = alerts::Alerts::new(db.clone(), config.alerts.clone());
+        alerts.start(&hosts, &machines);
+        let state = state::AppState::new(state::Parts {
+            config,
+            db,
+            hasher,
+            jwt_secret,
+            machines,
+            clusters,
+            hosts,
+            alerts,
+            local_addr: local,
+        });
+        state.channels_hub.start(&state);
         state.machines_hub.start(&state);
         state.vms_hub.start(&state);
         state.clusters_hub.start(&state.clusters);

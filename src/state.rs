@@ -26,40 +26,59 @@ pub struct Inner {
     pub vms_hub: Arc<crate::ws::vms::Hub>,
     pub clusters: Arc<crate::clusters::Clusters>,
     pub clusters_hub: Arc<crate::ws::clusters::Hub>,
+    pub channels_hub: Arc<crate::ws::channels::Hub>,
+    pub hosts: Arc<crate::hosts::Hosts>,
+    pub alerts: Arc<crate::alerts::Alerts>,
+    /// User activity (logins, account changes, consoles), announced after it is audited.
+    pub activity: tokio::sync::broadcast::Sender<crate::db::AuditEntry>,
     pub ws: Arc<crate::ws::Sockets>,
     /// The address the listener is bound to (the server's own origin derives from it).
     pub local_addr: SocketAddr,
 }
 
+/// What start-up has built by the time the state is assembled.
+pub struct Parts {
+    pub config: Config,
+    pub db: Db,
+    pub hasher: Hasher,
+    pub jwt_secret: Vec<u8>,
+    pub machines: Arc<Machines>,
+    pub clusters: Arc<crate::clusters::Clusters>,
+    pub hosts: Arc<crate::hosts::Hosts>,
+    pub alerts: Arc<crate::alerts::Alerts>,
+    pub local_addr: SocketAddr,
+}
+
 impl AppState {
-    pub fn new(
-        config: Config,
-        db: Db,
-        hasher: Hasher,
-        jwt_secret: &[u8],
-        machines: Arc<Machines>,
-        clusters: Arc<crate::clusters::Clusters>,
-        local_addr: SocketAddr,
-    ) -> Self {
-        let tokens = Tokens::new(jwt_secret, config.auth.token_ttl, config.auth.session_max);
-        let config_max_unauth = config.ws.max_unauthenticated;
+    pub fn new(p: Parts) -> Self {
+        let config = p.config;
+        let tokens = Tokens::new(
+            &p.jwt_secret,
+            config.auth.token_ttl,
+            config.auth.session_max,
+        );
+        let max_unauthenticated = config.ws.max_unauthenticated;
         let limiter = LoginLimiter::new(
             config.auth.login_max_failures,
             Duration::from_secs(config.auth.login_window),
         );
         Self(Arc::new(Inner {
             config,
-            db,
-            hasher,
+            db: p.db,
+            hasher: p.hasher,
             tokens,
             limiter,
-            machines_hub: crate::ws::machines::Hub::new(machines.clone()),
-            vms_hub: crate::ws::vms::Hub::new(machines.clone()),
-            clusters,
+            machines_hub: crate::ws::machines::Hub::new(p.machines.clone()),
+            vms_hub: crate::ws::vms::Hub::new(p.machines.clone()),
+            clusters: p.clusters,
             clusters_hub: Arc::new(crate::ws::clusters::Hub::default()),
-            machines,
-            ws: Arc::new(crate::ws::Sockets::new(config_max_unauth)),
-            local_addr,
+            channels_hub: Arc::new(crate::ws::channels::Hub::default()),
+            hosts: p.hosts,
+            alerts: p.alerts,
+            activity: tokio::sync::broadcast::channel(1024).0,
+            machines: p.machines,
+            ws: Arc::new(crate::ws::Sockets::new(max_unauthenticated)),
+            local_addr: p.local_addr,
         }))
     }
 }
@@ -68,5 +87,12 @@ impl Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.0
+    }
+}
+
+impl AppState {
+    /// Announces an audited user action on the `user_activity` channel.
+    pub fn announce(&self, entry: crate::db::AuditEntry) {
+        let _ = self.activity.send(entry);
     }
 }

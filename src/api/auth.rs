@@ -43,16 +43,25 @@ pub async fn login(req: Request) -> Result<Response> {
     let user = match user {
         Some(u) if verified && !u.disabled => u,
         _ => {
-            let entry = AuditEntry::new(clip(&body.username), "login_failed").ip(ip);
+            let entry = AuditEntry::new(clip(&body.username), "login_failed")
+                .ip(ip)
+                .user_agent(req.user_agent.as_deref());
+            let announced = entry.clone();
             state.db.run(move |db| db.append_audit(&entry)).await?;
+            state.announce(announced);
             tracing::info!(target: "orchard::audit", username = %clip(&body.username), "login failed");
             return Err(Error::BadCredentials);
         }
     };
     state.limiter.record_success(ip, &user.username);
     let issued = state.tokens.issue(&user).map_err(|_| Error::Unauthorized)?;
-    let entry = AuditEntry::new(user.username.clone(), "login").ip(ip);
+    let entry = AuditEntry::new(user.username.clone(), "login")
+        .actor_id(user.uuid)
+        .ip(ip)
+        .user_agent(req.user_agent.as_deref());
+    let announced = entry.clone();
     state.db.run(move |db| db.append_audit(&entry)).await?;
+    state.announce(announced);
     Ok(token_response(&issued))
 }
 
@@ -85,7 +94,11 @@ pub async fn refresh(req: Request) -> Result<Response> {
 pub async fn logout(req: Request) -> Result<Response> {
     let actor = req.actor()?;
     let uuid = actor.user.uuid;
-    let entry = AuditEntry::new(actor.user.username.clone(), "logout").ip(req.client_ip());
+    let entry = AuditEntry::new(actor.user.username.clone(), "logout")
+        .actor_id(uuid)
+        .ip(req.client_ip())
+        .user_agent(req.user_agent.as_deref());
+    let announced = entry.clone();
     let user = req
         .state
         .db
@@ -101,6 +114,7 @@ pub async fn logout(req: Request) -> Result<Response> {
         })
         .await?;
     req.state.ws.user_changed(&user);
+    req.state.announce(announced);
     Ok(no_content())
 }
 

@@ -50,6 +50,7 @@ pub fn routes() -> Vec<Route> {
         route!(PATCH "/api/users/{uuid}", Token => users::patch),
         route!(DELETE "/api/users/{uuid}", AnyOf(USER_MANAGERS) => users::delete),
         route!(GET "/api/activity", AnyOf(&[P::ManageAdminUsers]) => activity),
+        route!(GET "/api/alerts", AnyOf(&[P::ViewAllVms]) => alerts),
         // Machines: the route needs a token; per-machine see/control is `api::machines`'s.
         route!(GET "/api/machines", Token => machines::list),
         route!(POST "/api/machines", AnyOf(&[P::ManageAllVms]) => machines::create),
@@ -96,6 +97,15 @@ async fn activity(req: Request) -> Result<Response> {
 }
 
 const ACTIVITY_LIMIT: usize = 500;
+
+/// Active alerts and the raise/clear history, newest first.
+async fn alerts(req: Request) -> Result<Response> {
+    let history = req.state.alerts.history(ACTIVITY_LIMIT).await?;
+    Ok(router::json(
+        StatusCode::OK,
+        &serde_json::json!({"active": req.state.alerts.active(), "history": history}),
+    ))
+}
 
 /// The whole HTTP surface as one warp filter; it always answers (404 JSON for unknown paths).
 pub fn filter(

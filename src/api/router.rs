@@ -38,6 +38,7 @@ pub struct Request {
     pub params: Vec<(&'static str, String)>,
     pub body: Bytes,
     pub client: Option<SocketAddr>,
+    pub user_agent: Option<String>,
 }
 
 impl Request {
@@ -244,12 +245,17 @@ where
     let limit = state.config.http.max_body_bytes;
     let body = read_body(headers, body, limit).await?;
     let actor = auth::guard(state, headers, route.access).await?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let req = Request {
         state: state.clone(),
         actor,
         params,
         body,
         client,
+        user_agent,
     };
     (route.handler)(req).await
 }

@@ -69,6 +69,8 @@ pub async fn create(req: Request) -> Result<Response> {
     policy::check_create(&actor, kind, permissions)?;
     let password_hash = req.state.hasher.hash(body.password).await?;
     let entry = AuditEntry::new(actor.username.clone(), "user.create")
+        .actor_id(actor.uuid)
+        .user_agent(req.user_agent.as_deref())
         .target(body.username.clone())
         .ip(req.client_ip())
         .detail(format!("{} {:?}", kind.as_str(), permissions));
@@ -78,11 +80,13 @@ pub async fn create(req: Request) -> Result<Response> {
         permissions,
         password_hash,
     };
+    let announced = entry.clone();
     let user = req
         .state
         .db
         .run(move |db| db.create_user(new, Some(entry)))
         .await?;
+    req.state.announce(announced);
     req.state.machines.note_user(user.uuid, &user.username);
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %user.username, "user created");
     Ok(json(StatusCode::CREATED, &UserView::from(&user)))
@@ -137,6 +141,8 @@ pub async fn patch(req: Request) -> Result<Response> {
         changed.push(format!("disabled={d}"));
     }
     let entry = AuditEntry::new(actor.username.clone(), "user.update")
+        .actor_id(actor.uuid)
+        .user_agent(req.user_agent.as_deref())
         .target(target.username.clone())
         .ip(req.client_ip())
         .detail(changed.join(" "));
@@ -147,11 +153,14 @@ pub async fn patch(req: Request) -> Result<Response> {
         bump_token_version: false,
     };
     let uuid = target.uuid;
+    let announced = entry.clone();
     let user = req
         .state
         .db
         .run(move |db| db.update_user(uuid, change, Some(entry)))
         .await?;
+    req.state.announce(announced);
+    req.state.channels_hub.user_changed(&user);
     req.state.ws.user_changed(&user);
     req.state.machines_hub.user_changed(&user);
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %user.username, "user updated");
@@ -163,13 +172,17 @@ pub async fn delete(req: Request) -> Result<Response> {
     let target = target(&req).await?;
     policy::check_delete(&actor, &target)?;
     let entry = AuditEntry::new(actor.username.clone(), "user.delete")
+        .actor_id(actor.uuid)
+        .user_agent(req.user_agent.as_deref())
         .target(target.username.clone())
         .ip(req.client_ip());
     let uuid = target.uuid;
+    let announced = entry.clone();
     req.state
         .db
         .run(move |db| db.delete_user(uuid, Some(entry)))
         .await?;
+    req.state.announce(announced);
     req.state.ws.user_deleted(uuid);
     req.state.machines.forget_user(uuid);
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %target.username, "user deleted");

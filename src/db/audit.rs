@@ -19,6 +19,11 @@ pub struct AuditEntry {
     pub ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The actor's user uuid, when the actor is a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 impl AuditEntry {
@@ -30,7 +35,19 @@ impl AuditEntry {
             target: None,
             ip: None,
             detail: None,
+            actor_id: None,
+            user_agent: None,
         }
+    }
+
+    pub fn actor_id(mut self, id: uuid::Uuid) -> Self {
+        self.actor_id = Some(id.to_string());
+        self
+    }
+
+    pub fn user_agent(mut self, ua: Option<&str>) -> Self {
+        self.user_agent = ua.map(|u| u.chars().take(256).collect());
+        self
     }
 
     pub fn target(mut self, target: impl Into<String>) -> Self {

@@ -5,6 +5,7 @@
 //! its transaction committed durably (redb's default `Durability::Immediate`), so callers
 //! acknowledge nothing that is not on disk.
 
+mod alerts;
 mod audit;
 mod clusters;
 mod machines;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
+pub use alerts::AlertRecord;
 pub use audit::AuditEntry;
 pub use clusters::ClusterRecord;
 pub use machines::Relations;

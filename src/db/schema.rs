@@ -28,13 +28,15 @@ pub const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster
 pub const SERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("servers");
 /// sequence number → JSON [`super::audit::AuditEntry`].
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// sequence number → JSON [`super::alerts::AlertRecord`] (raise and clear history).
+pub const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
 
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 pub type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[Migration] = &[v1_initial_tables];
+pub const MIGRATIONS: &[Migration] = &[v1_initial_tables, v2_alerts];
 
 /// The schema version this build writes.
 pub fn current_version() -> u64 {
@@ -51,5 +53,10 @@ fn v1_initial_tables(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(CLUSTERS)?;
     tx.open_table(SERVERS)?;
     tx.open_table(AUDIT)?;
+    Ok(())
+}
+
+fn v2_alerts(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(ALERTS)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! socket gets small buffers), the Origin check, token extraction, the registry of live
 //! sockets used for revocation, and one module per API over the connection core.
 
+pub mod channels;
 pub mod clusters;
 pub mod conn;
 pub mod machines;
@@ -168,7 +169,7 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
                 let token = if with_token { token } else { None };
                 clusters::serve(state, ws, token, unauth).await;
             }
-            Endpoint::Channels => channels_unavailable(state, ws, token, unauth).await,
+            Endpoint::Channels => channels::serve(state, ws, token, unauth).await,
         }
     });
     let mut r = Response::new(Bytes::new().into());
@@ -223,43 +224,6 @@ pub fn auth_failed() -> conn::Text {
         })
         .to_string(),
     )
-}
-
-/// `/ws` with a token belongs to the channels API (document B), which this build does not
-/// serve yet: a bad token still gets B's `AUTH_FAILED` and 4401; a good one gets a clear
-/// error and 1011.
-async fn channels_unavailable(
-    state: AppState,
-    ws: Socket,
-    token: Option<String>,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
-) {
-    let authenticated = auth::authenticate(&state, token.as_deref()).await;
-    drop(unauthenticated);
-    if authenticated.is_err() {
-        conn::refuse(
-            ws,
-            Some(auth_failed()),
-            CloseWith::new(code::UNAUTHORIZED, "invalid token"),
-        )
-        .await;
-        return;
-    }
-    let msg = conn::Text::from(
-        serde_json::json!({
-            "type": "error",
-            "channel": "system",
-            "data": {"code": "UNAVAILABLE", "message": "the channels API is not available in this build"},
-            "timestamp": crate::model::now_iso(),
-        })
-        .to_string(),
-    );
-    conn::refuse(
-        ws,
-        Some(msg),
-        CloseWith::new(code::SERVER_ERROR, "channels API unavailable"),
-    )
-    .await;
 }
 
 /// The connection options of an authenticated socket whose token expires at `exp`.

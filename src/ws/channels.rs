@@ -1,0 +1,526 @@
+//! The channels API (`api-docs/B-channels.md`): `/ws` with a token. Clients subscribe to
+//! channels (with filters); events are `{type:"event", channel, data, timestamp}`, encoded
+//! once per channel (and per filter where one changes the data) and shared.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::Socket;
+use super::conn::{self, CloseWith, Control, Reply, Text, code};
+use crate::db::{AlertRecord, AuditEntry};
+use crate::hosts::HostEvent;
+use crate::model::{Permission, User, now_iso};
+use crate::state::AppState;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Channel {
+    HostStatus,
+    HostMetrics,
+    FleetStatus,
+    SystemAlerts,
+    UserActivity,
+    CommandExecution,
+    PackageOperations,
+}
+
+impl Channel {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "host_status" => Self::HostStatus,
+            "host_metrics" => Self::HostMetrics,
+            "fleet_status" => Self::FleetStatus,
+            "system_alerts" => Self::SystemAlerts,
+            "user_activity" => Self::UserActivity,
+            "command_execution" => Self::CommandExecution,
+            "package_operations" => Self::PackageOperations,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::HostStatus => "host_status",
+            Self::HostMetrics => "host_metrics",
+            Self::FleetStatus => "fleet_status",
+            Self::SystemAlerts => "system_alerts",
+            Self::UserActivity => "user_activity",
+            Self::CommandExecution => "command_execution",
+            Self::PackageOperations => "package_operations",
+        }
+    }
+
+    /// The permission a subscription needs (contract section 2 and 7).
+    fn needs(self) -> Permission {
+        match self {
+            Self::UserActivity => Permission::ManageAdminUsers,
+            Self::CommandExecution => Permission::ExecuteCommands,
+            _ => Permission::ViewAllVms,
+        }
+    }
+}
+
+/// A subscription's filters; absent ones match everything.
+#[derive(Clone, Debug, Default)]
+struct Filters {
+    host_ids: Option<Vec<String>>,
+    metrics: Option<Vec<String>>,
+    severity: Option<Vec<String>>,
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+impl Filters {
+    fn parse(v: &Value) -> Self {
+        Self {
+            host_ids: v.get("host_id").and_then(strings),
+            metrics: v.get("metrics").and_then(strings),
+            severity: v.get("severity").and_then(strings),
+        }
+    }
+
+    fn host(&self, id: &str) -> bool {
+        self.host_ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|h| h == id))
+    }
+}
+
+struct Sub {
+    user: User,
+    ctl: Arc<Control>,
+    channels: HashMap<Channel, Filters>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    subs: Mutex<HashMap<u64, Sub>>,
+    next: AtomicU64,
+}
+
+struct Membership {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.lock().remove(&self.id);
+    }
+}
+
+fn event(channel: Channel, data: &Value) -> Text {
+    Text::from(
+        json!({"type": "event", "channel": channel.name(), "data": data, "timestamp": now_iso()})
+            .to_string(),
+    )
+}
+
+fn reply(kind: &str, channel: &str, data: Value, id: Option<&Value>) -> Text {
+    let mut m = json!({"type": kind, "channel": channel, "data": data, "timestamp": now_iso()});
+    if let Some(id) = id {
+        m["id"] = id.clone();
+    }
+    Text::from(m.to_string())
+}
+
+/// The `host_metrics` data, limited to the metric groups asked for.
+fn metrics_data(host_id: &str, m: &crate::hosts::HostMetrics, only: Option<&[String]>) -> Value {
+    let want = |g: &str| only.is_none_or(|o| o.iter().any(|x| x == g));
+    let mut metrics = serde_json::Map::new();
+    if want("cpu") {
+        metrics.insert("cpu_usage".into(), json!(m.cpu_usage));
+    }
+    if want("memory") {
+        metrics.insert("memory_usage".into(), json!(m.memory_usage));
+    }
+    if want("disk") {
+        metrics.insert("disk_usage".into(), json!(m.disk_usage));
+        metrics.insert("disks".into(), json!(m.disks));
+    }
+    if want("load") {
+        metrics.insert("load_average".into(), json!(m.load_average));
+    }
+    if want("network") {
+        metrics.insert("network".into(), json!(m.network));
+    }
+    json!({"host_id": host_id, "timestamp": now_iso(), "metrics": metrics})
+}
+
+fn alert_data(a: &AlertRecord) -> Value {
+    json!({
+        "alert_id": a.alert_id,
+        "state": a.state,
+        "severity": a.severity,
+        "title": a.title,
+        "message": a.message,
+        "host_id": a.host_id,
+        "hostname": a.hostname,
+        "machine_uuid": a.machine_uuid,
+        "category": a.category,
+        "timestamp": a.timestamp,
+    })
+}
+
+fn activity_data(e: &AuditEntry) -> Value {
+    json!({
+        "user_id": e.actor_id,
+        "username": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "detail": e.detail,
+        "ip_address": e.ip,
+        "user_agent": e.user_agent,
+        "timestamp": e.timestamp,
+    })
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sub>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `make()`'s message (encoded once) to every subscriber of `channel` whose
+    /// filters `accept`.
+    fn fan_out(&self, channel: Channel, accept: impl Fn(&Filters) -> bool, msg: Text) {
+        for sub in self.lock().values() {
+            if let Some(f) = sub.channels.get(&channel)
+                && accept(f)
+            {
+                sub.ctl.send(msg.clone());
+            }
+        }
+    }
+
+    pub fn start(self: &Arc<Self>, state: &AppState) {
+        let hub = self.clone();
+        let st = state.clone();
+        let mut hosts = state.hosts.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match hosts.recv().await {
+                    Ok(HostEvent::Status {
+                        host_id,
+                        hostname,
+                        status,
+                        previous_status,
+                    }) => {
+                        let data = json!({"host_id": host_id, "hostname": hostname, "status": status,
+                            "previous_status": previous_status, "timestamp": now_iso()});
+                        hub.fan_out(
+                            Channel::HostStatus,
+                            |f| f.host(&host_id),
+                            event(Channel::HostStatus, &data),
+                        );
+                        hub.fleet(&st);
+                    }
+                    Ok(HostEvent::Metrics {
+                        host_id, metrics, ..
+                    }) => {
+                        let shared = event(
+                            Channel::HostMetrics,
+                            &metrics_data(&host_id, &metrics, None),
+                        );
+                        for sub in hub.lock().values() {
+                            let Some(f) = sub.channels.get(&Channel::HostMetrics) else {
+                                continue;
+                            };
+                            if !f.host(&host_id) {
+                                continue;
+                            }
+                            match &f.metrics {
+                                None => sub.ctl.send(shared.clone()),
+                                Some(only) => sub.ctl.send(event(
+                                    Channel::HostMetrics,
+                                    &metrics_data(&host_id, &metrics, Some(only)),
+                                )),
+                            };
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        let hub = self.clone();
+        let st = state.clone();
+        let mut alerts = state.alerts.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match alerts.recv().await {
+                    Ok(a) => {
+                        let msg = event(Channel::SystemAlerts, &alert_data(&a));
+                        let severity = a.severity.clone();
+                        hub.fan_out(
+                            Channel::SystemAlerts,
+                            |f| f.severity.as_ref().is_none_or(|s| s.contains(&severity)),
+                            msg,
+                        );
+                        hub.fleet(&st);
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        let hub = self.clone();
+        let mut activity = state.activity.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match activity.recv().await {
+                    Ok(e) => hub.fan_out(
+                        Channel::UserActivity,
+                        |_| true,
+                        event(Channel::UserActivity, &activity_data(&e)),
+                    ),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        let hub = self.clone();
+        let st = state.clone();
+        let period = Duration::from_secs(state.config.fleet.interval.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                hub.fleet(&st);
+            }
+        });
+    }
+
+    fn fleet(&self, state: &AppState) {
+        let data = state.hosts.fleet(state.alerts.hosts_with_alerts(), 0);
+        self.fan_out(
+            Channel::FleetStatus,
+            |_| true,
+            event(Channel::FleetStatus, &data),
+        );
+    }
+
+    /// Permissions changed: drop subscriptions the user may no longer hold.
+    pub fn user_changed(&self, user: &User) {
+        for sub in self
+            .lock()
+            .values_mut()
+            .filter(|s| s.user.uuid == user.uuid)
+        {
+            sub.user = user.clone();
+            let lost: Vec<Channel> = sub
+                .channels
+                .keys()
+                .filter(|c| !user.has(c.needs()))
+                .copied()
+                .collect();
+            for c in lost {
+                sub.channels.remove(&c);
+                sub.ctl.send(reply(
+                    "error",
+                    "subscription",
+                    json!({"code": "SUBSCRIPTION_FAILED", "message": format!("permission withdrawn for channel '{}'", c.name()), "requested_channel": c.name()}),
+                    None,
+                ));
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    filters: Value,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+fn invalid(message: &str, id: Option<&Value>) -> Text {
+    reply(
+        "error",
+        "system",
+        json!({"code": "INVALID_MESSAGE", "message": message}),
+        id,
+    )
+}
+
+pub async fn serve(
+    state: AppState,
+    ws: Socket,
+    token: Option<String>,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+) {
+    let authenticated = crate::auth::authenticate(&state, token.as_deref()).await;
+    drop(unauthenticated);
+    let Ok(actor) = authenticated else {
+        conn::refuse(
+            ws,
+            Some(super::auth_failed()),
+            CloseWith::new(code::UNAUTHORIZED, "invalid token"),
+        )
+        .await;
+        return;
+    };
+    let ctl = Control::new(state.config.ws.send_queue);
+    let _registration = state.ws.register(&actor, None, &ctl);
+    let hub = state.channels_hub.clone();
+    let id = hub.next.fetch_add(1, Ordering::Relaxed);
+    hub.lock().insert(
+        id,
+        Sub {
+            user: actor.user.clone(),
+            ctl: ctl.clone(),
+            channels: HashMap::new(),
+        },
+    );
+    let _membership = Membership {
+        hub: hub.clone(),
+        id,
+    };
+    let opts = super::options(&state, Some(actor.claims.exp));
+    let shutdown = state.ws.shutdown.subscribe();
+    let st = state.clone();
+    let c = ctl.clone();
+    conn::run(ws, ctl, opts, shutdown, move |text| {
+        on_text(&st, &hub, id, &c, text);
+        Reply::Continue
+    })
+    .await;
+}
+
+fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Control, text: &str) {
+    let msg: Incoming = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            ctl.send(invalid(&format!("malformed message: {e}"), None));
+            return;
+        }
+    };
+    let mid = msg.id.as_ref();
+    match msg.kind.as_str() {
+        "ping" => {
+            ctl.send(reply("pong", "system", json!({}), mid));
+        }
+        "subscribe" | "unsubscribe" => {
+            let name = msg.channel.as_deref().unwrap_or("");
+            let Some(channel) = Channel::parse(name) else {
+                ctl.send(invalid(&format!("unknown channel {name:?}"), mid));
+                return;
+            };
+            let mut subs = hub.lock();
+            let Some(sub) = subs.get_mut(&id) else { return };
+            if msg.kind == "unsubscribe" {
+                sub.channels.remove(&channel);
+                ctl.send(reply(
+                    "response",
+                    channel.name(),
+                    json!({"subscribed": false}),
+                    mid,
+                ));
+                return;
+            }
+            if !sub.user.has(channel.needs()) {
+                ctl.send(reply(
+                    "error",
+                    "subscription",
+                    json!({"code": "SUBSCRIPTION_FAILED",
+                        "message": format!("Insufficient permissions for channel '{}'", channel.name()),
+                        "requested_channel": channel.name()}),
+                    mid,
+                ));
+                return;
+            }
+            let filters = Filters::parse(&msg.filters);
+            sub.channels.insert(channel, filters.clone());
+            drop(subs);
+            ctl.send(reply(
+                "response",
+                channel.name(),
+                json!({"subscribed": true}),
+                mid,
+            ));
+            initial(state, channel, &filters, ctl);
+        }
+        "command" => {
+            let host = msg.data.get("host_id").cloned().unwrap_or(Value::Null);
+            ctl.send(reply(
+                "error",
+                "command_execution",
+                json!({"code": "COMMAND_FAILED",
+                    "message": "commands run through a host agent, and no agent can take this command",
+                    "host_id": host, "execution_id": uuid::Uuid::new_v4().to_string()}),
+                mid,
+            ));
+        }
+        other => {
+            ctl.send(invalid(&format!("unknown message type {other:?}"), mid));
+        }
+    }
+}
+
+/// What a new subscriber gets at once: the current fleet totals, the latest metrics, the
+/// hosts' current status.
+fn initial(state: &AppState, channel: Channel, f: &Filters, ctl: &Control) {
+    match channel {
+        Channel::FleetStatus => {
+            let data = state.hosts.fleet(state.alerts.hosts_with_alerts(), 0);
+            ctl.send(event(channel, &data));
+        }
+        Channel::HostMetrics => {
+            for h in state
+                .hosts
+                .list()
+                .into_iter()
+                .filter(|h| f.host(&h.host_id))
+            {
+                if let Some(m) = &h.metrics {
+                    ctl.send(event(
+                        channel,
+                        &metrics_data(&h.host_id, m, f.metrics.as_deref()),
+                    ));
+                }
+            }
+        }
+        Channel::SystemAlerts => {
+            for a in state.alerts.active() {
+                if f.severity.as_ref().is_none_or(|s| s.contains(&a.severity)) {
+                    ctl.send(event(channel, &alert_data(&a)));
+                }
+            }
+        }
+        Channel::HostStatus => {
+            for h in state
+                .hosts
+                .list()
+                .into_iter()
+                .filter(|h| f.host(&h.host_id))
+            {
+                let data = json!({"host_id": h.host_id, "hostname": h.hostname, "status": h.status,
+                    "previous_status": h.status, "timestamp": now_iso()});
+                ctl.send(event(channel, &data));
+            }
+        }
+        _ => {}
+    }
+}
