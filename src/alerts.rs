@@ -85,6 +85,7 @@ impl Alerts {
         let mut host_rx = hosts.subscribe();
         let mut machine_rx = machines.subscribe();
         let machines = machines.clone();
+        let local = hosts.local();
         tokio::spawn(async move {
             loop {
                 let findings = tokio::select! {
@@ -94,7 +95,7 @@ impl Alerts {
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
                     e = machine_rx.recv() => match e {
-                        Ok(e) => me.on_machine(&e, &machines),
+                        Ok(e) => me.on_machine(&e, &machines, &local),
                         Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
@@ -155,7 +156,12 @@ impl Alerts {
         }
     }
 
-    fn on_machine(&self, e: &MachineEvent, machines: &Machines) -> Vec<Finding> {
+    fn on_machine(
+        &self,
+        e: &MachineEvent,
+        machines: &Machines,
+        local: &(String, String),
+    ) -> Vec<Finding> {
         let (uuid, severity, message) = match e {
             MachineEvent::BootFail { uuid, error } => (*uuid, Some("warning"), error.clone()),
             MachineEvent::BootSuccess { uuid } | MachineEvent::Deleted { uuid } => {
@@ -173,7 +179,7 @@ impl Alerts {
             title: "Machine failed to boot".into(),
             message: format!("{title}: {message}"),
             category: "machine_boot",
-            host: None,
+            host: Some(local.clone()),
             machine: Some(uuid),
         }]
     }

@@ -103,6 +103,16 @@ impl Hosts {
         }))
     }
 
+    /// The local host's id and hostname (machines of local backends run there).
+    pub fn local(&self) -> (String, String) {
+        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        let name = hosts
+            .get(&self.local_id)
+            .map(|h| h.hostname.clone())
+            .unwrap_or_default();
+        (self.local_id.clone(), name)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
         self.events.subscribe()
     }

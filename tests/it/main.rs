@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod auth;
+mod channels;
 mod cli;
 mod fixtures;
 mod harness;
@@ -11,3 +12,5 @@ mod lifecycle;
 mod machines;
 mod plugins;
 mod users;
+mod ws;
+mod wsclient;
