@@ -1,9 +1,9 @@
 //! The connection core every WebSocket API runs on: one task per socket that writes queued
-//! messages (coalesced: everything pending is fed, then one flush, which tokio-websockets
-//! turns into vectored writes of each frame's header and the shared payload bytes — no
-//! per-socket copy), the latest periodic snapshot (latest wins), reads and dispatches client
-//! messages, keeps the peer alive with pings, and closes with the right code on expiry,
-//! revocation, overflow or shutdown.
+//! messages (coalesced: everything pending is queued, then one flush, which `frame.rs` turns
+//! into vectored writes of each frame's header and the shared payload bytes — no per-socket
+//! copy), the latest periodic snapshot (latest wins), reads and dispatches client messages,
+//! keeps the peer alive with pings, and closes with the right code on expiry, revocation,
+//! overflow or shutdown.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_websockets::{CloseCode, Error as WsError, Message, WebSocketStream};
+
+use super::frame::{FrameError, Incoming, WebSocket};
 
 /// One pre-encoded UTF-8 text message, shared by every socket it goes to.
 pub type Text = Bytes;
@@ -24,6 +24,7 @@ pub type Text = Bytes;
 /// Close codes shared by every API.
 pub mod code {
     pub const GOING_AWAY: u16 = 1001;
+    pub const TOO_BIG: u16 = 1009;
     pub const SERVER_ERROR: u16 = 1011;
     /// The client did not read fast enough: its send queue filled up.
     pub const TOO_SLOW: u16 = 4008;
@@ -153,7 +154,7 @@ pub enum Reply {
 /// Runs one socket until it closes. `on_text` handles each text message (it may queue
 /// replies through the control); binary messages are refused with 1003.
 pub async fn run<S>(
-    mut ws: WebSocketStream<S>,
+    mut ws: WebSocket<S>,
     ctl: std::sync::Arc<Control>,
     opts: Options,
     mut shutdown: watch::Receiver<bool>,
@@ -195,33 +196,30 @@ pub async fn run<S>(
                     break close;
                 }
             }
-            incoming = ws.next() => {
+            incoming = ws.read() => {
                 last_heard = Instant::now();
                 match incoming {
-                    None => break None,
-                    Some(Ok(m)) if m.is_text() => match on_text(m.as_text().unwrap_or_default()) {
+                    Ok(Incoming::Text(t)) => match on_text(&t) {
                         Reply::Continue => {}
                     },
-                    Some(Ok(m)) if m.is_binary() => {
+                    Ok(Incoming::Binary) => {
                         break Some(CloseWith::new(1003, "binary messages are not accepted"));
                     }
-                    Some(Ok(m)) if m.is_close() => {
-                        // The library queued the answer to the peer's close: send it, finish.
+                    Ok(Incoming::Close) => {
+                        // The peer's close was answered (queued): send it, finish.
                         let _ = tokio::time::timeout(opts.write_deadline, ws.flush()).await;
                         break None;
                     }
-                    Some(Ok(_)) => {
-                        // Ping (the pong is queued by the library) or pong: send what is pending.
-                        if tokio::time::timeout(opts.write_deadline, ws.flush()).await.is_err() {
+                    Ok(Incoming::Ping) | Ok(Incoming::Pong) => {
+                        if ws.has_pending()
+                            && !matches!(tokio::time::timeout(opts.write_deadline, ws.flush()).await, Ok(Ok(())))
+                        {
                             break None;
                         }
                     }
-                    Some(Err(WsError::PayloadTooLong { .. })) => {
-                        // The library queued a 1009 close: send it, finish.
-                        let _ = tokio::time::timeout(opts.write_deadline, ws.flush()).await;
-                        break None;
-                    }
-                    Some(Err(_)) => break None,
+                    Err(FrameError::TooBig) => break Some(CloseWith::new(code::TOO_BIG, "message too big")),
+                    Err(FrameError::Protocol(c, why)) => break Some(CloseWith::new(c, why)),
+                    Err(_) => break None,
                 }
             }
             _ = ping.tick() => {
@@ -229,8 +227,8 @@ pub async fn run<S>(
                     tracing::debug!("websocket peer silent; dropped");
                     break None;
                 }
-                let sent = tokio::time::timeout(opts.write_deadline, ws.send(Message::ping(Bytes::new()))).await;
-                if !matches!(sent, Ok(Ok(()))) {
+                ws.queue_ping();
+                if !matches!(tokio::time::timeout(opts.write_deadline, ws.flush()).await, Ok(Ok(()))) {
                     break None;
                 }
             }
@@ -239,47 +237,40 @@ pub async fn run<S>(
     ctl.closed.store(true, Ordering::Relaxed);
     ctl.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
     if let Some(c) = close {
-        let _ = tokio::time::timeout(opts.write_deadline, ws.send(close_message(&c))).await;
-        // Let the peer answer the close so the frame is not lost to a reset.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = ws.next().await {}
-        })
-        .await;
+        ws.queue_close(c.code, &c.reason);
+        if matches!(
+            tokio::time::timeout(opts.write_deadline, ws.flush()).await,
+            Ok(Ok(()))
+        ) {
+            // Let the peer answer the close so the frame is not lost to a reset.
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.drain_until_closed()).await;
+        }
     }
 }
 
-/// Feeds the batch and flushes once, within the write deadline.
-async fn write<S>(ws: &mut WebSocketStream<S>, batch: Vec<Text>, deadline: Duration) -> bool
+/// Queues the batch and flushes once, within the write deadline.
+async fn write<S>(ws: &mut WebSocket<S>, batch: Vec<Text>, deadline: Duration) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let work = async {
-        for m in batch {
-            ws.feed(Message::text(m)).await?;
-        }
-        ws.flush().await
-    };
-    matches!(tokio::time::timeout(deadline, work).await, Ok(Ok(())))
+    for m in batch {
+        ws.queue_text(m);
+    }
+    matches!(tokio::time::timeout(deadline, ws.flush()).await, Ok(Ok(())))
 }
 
 /// Sends one close frame on a socket that never entered [`run`] (refused after upgrade).
-pub async fn refuse<S>(mut ws: WebSocketStream<S>, first: Option<Text>, with: CloseWith)
+pub async fn refuse<S>(mut ws: WebSocket<S>, first: Option<Text>, with: CloseWith)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let deadline = Duration::from_secs(5);
     if let Some(m) = first {
-        let _ = tokio::time::timeout(deadline, ws.send(Message::text(m))).await;
+        ws.queue_text(m);
     }
-    let _ = tokio::time::timeout(deadline, ws.send(close_message(&with))).await;
-    // Give the peer a moment to answer the close so the frame is not lost to a reset.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-}
-
-fn close_message(c: &CloseWith) -> Message {
-    let code = CloseCode::try_from(c.code).unwrap_or(CloseCode::INTERNAL_SERVER_ERROR);
-    Message::close(Some(code), &c.reason)
+    ws.queue_close(with.code, &with.reason);
+    if matches!(tokio::time::timeout(deadline, ws.flush()).await, Ok(Ok(()))) {
+        // Give the peer a moment to answer the close so the frame is not lost to a reset.
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.drain_until_closed()).await;
+    }
 }

@@ -5,6 +5,7 @@
 pub mod channels;
 pub mod clusters;
 pub mod conn;
+pub mod frame;
 pub mod machines;
 pub mod vms;
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_websockets::WebSocketStream;
+
 use uuid::Uuid;
 use warp::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use warp::reply::Response;
@@ -27,7 +28,7 @@ use crate::model::{Permission, User};
 use crate::state::AppState;
 use conn::{CloseWith, Control, code};
 
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = frame::WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Whether this request is a WebSocket upgrade for one of our WebSocket paths.
 pub fn claims<B>(req: &Request<B>) -> bool {
@@ -159,7 +160,8 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
             Endpoint::Clusters { .. } => state.config.clusters.max_message,
             _ => state.config.ws.max_message,
         };
-        let ws = server_builder(max).serve(TokioIo::new(upgraded));
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        let ws = frame::WebSocket::new(TokioIo::new(upgraded), max);
         match endpoint {
             Endpoint::Machines(kind) => {
                 machines::serve(state, ws, kind, token, query, unauth).await;
@@ -235,20 +237,6 @@ pub fn options(state: &AppState, exp: Option<u64>) -> conn::Options {
         write_deadline: std::time::Duration::from_secs(w.write_deadline.max(1)),
         expires_at: exp.map(machines::instant_of),
     }
-}
-
-/// The protocol settings of every socket: incoming messages limited to `ws.max_message`
-/// (1009 above), outgoing frames never split, and no flush forced by the queue size (the
-/// connection core flushes once per batch).
-fn server_builder(max: u64) -> tokio_websockets::ServerBuilder {
-    let max = usize::try_from(max).unwrap_or(usize::MAX);
-    tokio_websockets::ServerBuilder::new()
-        .config(
-            tokio_websockets::Config::default()
-                .frame_size(usize::MAX / 2)
-                .flush_threshold(usize::MAX),
-        )
-        .limits(tokio_websockets::Limits::default().max_payload_len(Some(max)))
 }
 
 /// One live authenticated socket, as revocation sees it.

@@ -1,0 +1,430 @@
+//! WebSocket framing (RFC 6455, server side), written for two properties no kept crate
+//! offers together: an idle socket holds no read buffer at all (incoming bytes are read into
+//! a small stack array and kept only while a frame is incomplete), and outgoing frames are
+//! written with vectored writes of each frame's header and the shared payload bytes, many
+//! frames per system call, never copying a payload into a per-socket buffer.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const OP_CONT: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Frames written per vectored write (two slices each).
+const FRAMES_PER_WRITE: usize = 32;
+/// Bytes read per system call.
+const READ_CHUNK: usize = 512;
+
+/// One complete incoming message.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Text(String),
+    Binary,
+    Ping,
+    Pong,
+    /// The peer closed (its close was answered already).
+    Close,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection ended")]
+    Eof,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A protocol violation: the close code to send (1002, 1007) and why.
+    #[error("{1}")]
+    Protocol(u16, &'static str),
+    #[error("message too big")]
+    TooBig,
+}
+
+struct OutFrame {
+    head: [u8; 10],
+    head_len: u8,
+    payload: Bytes,
+}
+
+impl OutFrame {
+    fn new(opcode: u8, payload: Bytes) -> Self {
+        let mut head = [0u8; 10];
+        head[0] = 0x80 | opcode;
+        let len = payload.len();
+        let head_len = if len < 126 {
+            head[1] = len as u8;
+            2
+        } else if len <= u16::MAX as usize {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        } else {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Self {
+            head,
+            head_len,
+            payload,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head_len as usize + self.payload.len()
+    }
+}
+
+/// A server-side WebSocket over an upgraded connection.
+pub struct WebSocket<S> {
+    io: S,
+    /// Bytes of an incomplete incoming frame (empty, and unallocated, when idle).
+    rbuf: Vec<u8>,
+    /// A fragmented message being assembled: its opcode and bytes so far.
+    partial: Option<(u8, Vec<u8>)>,
+    max_message: usize,
+    out: VecDeque<OutFrame>,
+    /// Bytes of the first queued frame already written.
+    written: usize,
+    closing: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    pub fn new(io: S, max_message: usize) -> Self {
+        Self {
+            io,
+            rbuf: Vec::new(),
+            partial: None,
+            max_message,
+            out: VecDeque::new(),
+            written: 0,
+            closing: false,
+        }
+    }
+
+    /// Queues a text message whose bytes are valid UTF-8 (shared, not copied).
+    pub fn queue_text(&mut self, payload: Bytes) {
+        if !self.closing {
+            self.out.push_back(OutFrame::new(OP_TEXT, payload));
+        }
+    }
+
+    pub fn queue_ping(&mut self) {
+        if !self.closing {
+            self.out.push_back(OutFrame::new(OP_PING, Bytes::new()));
+        }
+    }
+
+    /// Queues a close frame; nothing is queued after it.
+    pub fn queue_close(&mut self, code: u16, reason: &str) {
+        if self.closing {
+            return;
+        }
+        let mut p = Vec::with_capacity(2 + reason.len().min(123));
+        p.extend_from_slice(&code.to_be_bytes());
+        let mut cut = reason.len().min(123);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        p.extend_from_slice(&reason.as_bytes()[..cut]);
+        self.out.push_back(OutFrame::new(OP_CLOSE, Bytes::from(p)));
+        self.closing = true;
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Writes everything queued, many frames per vectored write.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            let n = {
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(FRAMES_PER_WRITE * 2);
+                let mut skip = self.written;
+                for f in self.out.iter().take(FRAMES_PER_WRITE) {
+                    let head = &f.head[..f.head_len as usize];
+                    if skip < head.len() {
+                        slices.push(IoSlice::new(&head[skip..]));
+                        skip = 0;
+                    } else {
+                        skip -= head.len();
+                    }
+                    if skip < f.payload.len() {
+                        slices.push(IoSlice::new(&f.payload[skip..]));
+                    }
+                    skip = 0;
+                }
+                self.io.write_vectored(&slices).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.advance(n);
+        }
+        self.io.flush().await
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front() else {
+                return;
+            };
+            let left = front.len() - self.written;
+            if n >= left {
+                n -= left;
+                self.out.pop_front();
+                self.written = 0;
+            } else {
+                self.written += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// Reads the next complete message. Pings are answered (queued pongs, flushed by the
+    /// caller), a close is answered and reported. Cancel-safe: bytes are consumed only
+    /// whole frames at a time and a pending read consumes nothing.
+    pub async fn read(&mut self) -> Result<Incoming, FrameError> {
+        loop {
+            if let Some(m) = self.parse()? {
+                return Ok(m);
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let n = self.io.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(FrameError::Eof);
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Takes one message out of the buffered bytes, if a complete one is there.
+    fn parse(&mut self) -> Result<Option<Incoming>, FrameError> {
+        loop {
+            let Some((fin, opcode, payload)) = self.take_frame()? else {
+                return Ok(None);
+            };
+            match opcode {
+                OP_PING => {
+                    if !self.closing {
+                        self.out
+                            .push_back(OutFrame::new(OP_PONG, Bytes::from(payload)));
+                    }
+                    return Ok(Some(Incoming::Ping));
+                }
+                OP_PONG => return Ok(Some(Incoming::Pong)),
+                OP_CLOSE => {
+                    let code = match payload.len() {
+                        0 => 1000,
+                        1 => return Err(FrameError::Protocol(1002, "malformed close frame")),
+                        _ => u16::from_be_bytes([payload[0], payload[1]]),
+                    };
+                    if payload.len() > 2 && std::str::from_utf8(&payload[2..]).is_err() {
+                        return Err(FrameError::Protocol(1007, "close reason is not UTF-8"));
+                    }
+                    if !valid_close_code(code) {
+                        return Err(FrameError::Protocol(1002, "invalid close code"));
+                    }
+                    self.queue_close(code, "");
+                    return Ok(Some(Incoming::Close));
+                }
+                OP_TEXT | OP_BINARY => {
+                    if self.partial.is_some() {
+                        return Err(FrameError::Protocol(
+                            1002,
+                            "new message inside a fragmented one",
+                        ));
+                    }
+                    if fin {
+                        return self.complete(opcode, payload).map(Some);
+                    }
+                    self.partial = Some((opcode, payload));
+                }
+                OP_CONT => {
+                    let Some((op, mut buf)) = self.partial.take() else {
+                        return Err(FrameError::Protocol(1002, "continuation without a message"));
+                    };
+                    if buf.len() + payload.len() > self.max_message {
+                        return Err(FrameError::TooBig);
+                    }
+                    buf.extend_from_slice(&payload);
+                    if fin {
+                        return self.complete(op, buf).map(Some);
+                    }
+                    self.partial = Some((op, buf));
+                }
+                _ => return Err(FrameError::Protocol(1002, "unknown opcode")),
+            }
+        }
+    }
+
+    fn complete(&mut self, opcode: u8, payload: Vec<u8>) -> Result<Incoming, FrameError> {
+        if opcode == OP_BINARY {
+            return Ok(Incoming::Binary);
+        }
+        String::from_utf8(payload)
+            .map(Incoming::Text)
+            .map_err(|_| FrameError::Protocol(1007, "text is not UTF-8"))
+    }
+
+    /// One whole frame from `rbuf`: `(fin, opcode, unmasked payload)`.
+    fn take_frame(&mut self) -> Result<Option<(bool, u8, Vec<u8>)>, FrameError> {
+        let b = &self.rbuf;
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        let fin = b[0] & 0x80 != 0;
+        if b[0] & 0x70 != 0 {
+            return Err(FrameError::Protocol(1002, "reserved bits set"));
+        }
+        let opcode = b[0] & 0x0F;
+        if b[1] & 0x80 == 0 {
+            return Err(FrameError::Protocol(1002, "client frames must be masked"));
+        }
+        let (len, mut at) = match b[1] & 0x7F {
+            126 => {
+                if b.len() < 4 {
+                    return Ok(None);
+                }
+                (u64::from(u16::from_be_bytes([b[2], b[3]])), 4)
+            }
+            127 => {
+                if b.len() < 10 {
+                    return Ok(None);
+                }
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(n), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        if opcode >= OP_CLOSE && (len > 125 || !fin) {
+            return Err(FrameError::Protocol(1002, "malformed control frame"));
+        }
+        if len > self.max_message as u64 {
+            return Err(FrameError::TooBig);
+        }
+        let len = len as usize;
+        if b.len() < at + 4 + len {
+            return Ok(None);
+        }
+        let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        at += 4;
+        let mut payload = b[at..at + len].to_vec();
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        let consumed = at + len;
+        if consumed == self.rbuf.len() {
+            // Idle again: give the buffer back.
+            self.rbuf = Vec::new();
+        } else {
+            self.rbuf.drain(..consumed);
+        }
+        Ok(Some((fin, opcode, payload)))
+    }
+
+    /// After sending a close: reads until the peer answers or the connection ends.
+    pub async fn drain_until_closed(&mut self) {
+        loop {
+            match self.read().await {
+                Ok(Incoming::Close) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Close codes a peer may send (RFC 6455 7.4).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    /// A masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        if payload.len() < 126 {
+            f.push(0x80 | payload.len() as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        f
+    }
+
+    #[tokio::test]
+    async fn reads_text_fragments_pings_and_close() {
+        let (mut client, server) = duplex(64 * 1024);
+        let mut ws = WebSocket::new(server, 1024);
+        let mut bytes = client_frame(false, OP_TEXT, b"hel");
+        bytes.extend(client_frame(true, OP_PING, b"p"));
+        bytes.extend(client_frame(true, OP_CONT, "lo é".as_bytes()));
+        bytes.extend(client_frame(true, OP_CLOSE, &1000u16.to_be_bytes()));
+        client.write_all(&bytes).await.unwrap();
+        assert_eq!(ws.read().await.unwrap(), Incoming::Ping);
+        assert_eq!(ws.read().await.unwrap(), Incoming::Text("hello é".into()));
+        assert_eq!(ws.read().await.unwrap(), Incoming::Close);
+        assert!(ws.rbuf.capacity() == 0, "idle sockets hold no read buffer");
+        ws.flush().await.unwrap();
+        // Pong with the ping's payload, then the close answer.
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [0x8A, 1, b'p', 0x88, 2, 0x03, 0xE8]);
+    }
+
+    #[tokio::test]
+    async fn protocol_errors_and_limits() {
+        for (bytes, code) in [
+            (vec![0x81, 0x01, b'a'], Some(1002)),            // unmasked
+            (client_frame(true, 0x3, b""), Some(1002)),      // unknown opcode
+            (client_frame(true, OP_CONT, b"x"), Some(1002)), // stray continuation
+            (client_frame(false, OP_PING, b""), Some(1002)), // fragmented control
+            (client_frame(true, OP_TEXT, &[0xff, 0xfe]), Some(1007)), // bad UTF-8
+            (client_frame(true, OP_TEXT, &[b'a'; 300]), None), // over the limit
+        ] {
+            let (mut client, server) = duplex(64 * 1024);
+            let mut ws = WebSocket::new(server, 256);
+            client.write_all(&bytes).await.unwrap();
+            match (ws.read().await, code) {
+                (Err(FrameError::Protocol(c, _)), Some(want)) => assert_eq!(c, want),
+                (Err(FrameError::TooBig), None) => {}
+                (other, _) => panic!("unexpected {other:?} for {bytes:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_shared_payloads_in_order() {
+        let (mut client, server) = duplex(1 << 20);
+        let mut ws = WebSocket::new(server, 1024);
+        let big = Bytes::from(vec![b'x'; 70_000]);
+        ws.queue_text(Bytes::from_static(b"hi"));
+        ws.queue_text(big.clone());
+        ws.queue_close(4401, "token expired");
+        ws.queue_text(Bytes::from_static(b"after close is dropped"));
+        ws.flush().await.unwrap();
+        drop(ws);
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        assert_eq!(&all[..4], &[0x81, 2, b'h', b'i']);
+        assert_eq!(&all[4..14], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        let rest = &all[14 + 70_000..];
+        assert_eq!(rest[0], 0x88);
+        assert_eq!(&rest[2..4], &4401u16.to_be_bytes());
+        assert_eq!(&rest[4..], b"token expired");
+    }
+}
