@@ -2,6 +2,7 @@
 //! data directory and the database, then either run the daemon or an offline command.
 
 mod alerts;
+mod alloc;
 mod api;
 mod auth;
 mod backends;
@@ -28,6 +29,7 @@ use cli::{Cli, Command, Common};
 use config::{Config, Overrides};
 
 fn main() -> ExitCode {
+    alloc::tune();
     let cli = Cli::parse();
     // Read the admin password once and drop it from the environment, so that no child
     // process or diagnostic dump ever sees it.

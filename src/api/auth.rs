@@ -29,9 +29,6 @@ pub async fn login(req: Request) -> Result<Response> {
     if let Err(retry_after) = state.limiter.check(ip, &body.username) {
         return Err(Error::TooManyRequests { retry_after });
     }
-    // Count the attempt as a failure before verifying, so that concurrent guesses cannot all
-    // pass the check while the first ones are still being hashed; success clears it.
-    state.limiter.record_failure(ip, &body.username);
     let name = body.username.clone();
     let user = if crate::model::validate_username(&name).is_ok() {
         state.db.run(move |db| db.user_by_name(&name)).await?
@@ -39,10 +36,22 @@ pub async fn login(req: Request) -> Result<Response> {
         None
     };
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let verified = state.hasher.verify(body.password, hash).await?;
+    // Checked again when a hashing slot frees up: guesses queued behind the slots cannot
+    // outrun the failures recorded meanwhile.
+    let limiter = &state.limiter;
+    let username = body.username.as_str();
+    let verified = state
+        .hasher
+        .verify_guarded(body.password.clone(), hash, || {
+            limiter
+                .check(ip, username)
+                .map_err(|retry_after| Error::TooManyRequests { retry_after })
+        })
+        .await?;
     let user = match user {
         Some(u) if verified && !u.disabled => u,
         _ => {
+            state.limiter.record_failure(ip, &body.username);
             let entry = AuditEntry::new(clip(&body.username), "login_failed")
                 .ip(ip)
                 .user_agent(req.user_agent.as_deref());

@@ -68,6 +68,12 @@ pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Actor
     if user.disabled || user.token_version != claims.token_version {
         return Err(Error::Unauthorized);
     }
+    // The hash is never needed past this point; do not carry it for a request's or a
+    // socket's lifetime.
+    let user = User {
+        password_hash: String::new(),
+        ..user
+    };
     Ok(Actor { user, claims })
 }
 

@@ -37,7 +37,20 @@ impl Hasher {
     /// Verifies `password` against `hash`; with no hash (unknown user) it spends the same
     /// effort on a dummy and returns false.
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool> {
+        self.verify_guarded(password, hash, || Ok(())).await
+    }
+
+    /// Like [`Hasher::verify`], but runs `guard` once a hashing slot is free, right before
+    /// the work: a login throttle checked there cannot be outrun by many concurrent guesses
+    /// queued behind the slots.
+    pub async fn verify_guarded(
+        &self,
+        password: String,
+        hash: Option<String>,
+        guard: impl FnOnce() -> Result<()>,
+    ) -> Result<bool> {
         let _permit = self.permits.acquire().await.map_err(Error::internal)?;
+        guard()?;
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy.to_string());
         let ok = tokio::task::spawn_blocking(move || verify_blocking(&password, &hash))

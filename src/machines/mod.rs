@@ -394,6 +394,8 @@ impl Machines {
                 return;
             };
             let info = &m.info;
+            // A machine not polled yet has no state: its first status is a change too.
+            let first = m.state.is_none();
             let s = m.state.get_or_insert_with(|| MachineState {
                 uuid: info.uuid.clone(),
                 status,
@@ -407,7 +409,7 @@ impl Machines {
                 disk_read_bytes: 0,
                 disk_write_bytes: 0,
             });
-            let changed = s.status != status;
+            let changed = first || s.status != status;
             s.status = status;
             m.status_epoch += 1;
             if changed {

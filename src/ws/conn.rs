@@ -58,7 +58,14 @@ pub struct Control {
     close: Mutex<Option<CloseWith>>,
     latest: Mutex<Option<Text>>,
     closed: AtomicBool,
+    /// Set while a write waits for the peer (its receive window is full): the sign of a
+    /// client that does not keep up, as opposed to a server that has not run it yet.
+    blocked: AtomicBool,
 }
+
+/// How far past its capacity a queue may grow while its socket's writes still go through
+/// (the backlog is the server's, not the client's); the hard bound on a socket's memory.
+const BACKLOG_FACTOR: usize = 8;
 
 impl Control {
     /// A control whose queue holds at most `capacity` messages.
@@ -70,17 +77,32 @@ impl Control {
             close: Mutex::new(None),
             latest: Mutex::new(None),
             closed: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
         })
     }
 
-    /// Queues a message. A full queue means the client cannot keep up: it is closed with
-    /// [`code::TOO_SLOW`] rather than allowed to grow memory or skip events silently.
+    /// Queues a message and wakes the socket.
     pub fn send(&self, msg: Text) -> bool {
+        let queued = self.push(msg);
+        if queued {
+            self.wake.notify_one();
+        }
+        queued
+    }
+
+    /// Queues a message without waking the socket (a producer queuing a burst calls
+    /// [`Control::wake`] once at the end, so the burst goes out in one write). A full queue
+    /// whose socket is blocked on the peer means the client cannot keep up: it is closed with
+    /// [`code::TOO_SLOW`] rather than allowed to grow memory or skip events silently.
+    pub fn push(&self, msg: Text) -> bool {
         if self.is_closed() {
             return false;
         }
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= self.capacity {
+        let over = q.len() >= self.capacity;
+        if over
+            && (self.blocked.load(Ordering::Relaxed) || q.len() >= self.capacity * BACKLOG_FACTOR)
+        {
             drop(q);
             self.close(CloseWith::new(
                 code::TOO_SLOW,
@@ -88,13 +110,20 @@ impl Control {
             ));
             return false;
         }
-        let was_empty = q.is_empty();
         q.push_back(msg);
-        drop(q);
-        if was_empty {
+        true
+    }
+
+    /// Wakes the socket if it has something queued.
+    pub fn wake(&self) {
+        let pending = !self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if pending {
             self.wake.notify_one();
         }
-        true
     }
 
     /// Replaces the pending periodic snapshot (latest wins).
@@ -188,7 +217,7 @@ pub async fn run<S>(
                 let close = ctl.take_close();
                 if close.as_ref().is_none_or(|c| c.code != code::TOO_SLOW) {
                     let batch = ctl.take_batch();
-                    if !batch.is_empty() && !write(&mut ws, batch, opts.write_deadline).await {
+                    if !batch.is_empty() && !Box::pin(write(&mut ws, &ctl, batch, opts.write_deadline)).await {
                         break None;
                     }
                 }
@@ -207,12 +236,12 @@ pub async fn run<S>(
                     }
                     Ok(Incoming::Close) => {
                         // The peer's close was answered (queued): send it, finish.
-                        let _ = tokio::time::timeout(opts.write_deadline, ws.flush()).await;
+                        let _ = tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await;
                         break None;
                     }
                     Ok(Incoming::Ping) | Ok(Incoming::Pong) => {
                         if ws.has_pending()
-                            && !matches!(tokio::time::timeout(opts.write_deadline, ws.flush()).await, Ok(Ok(())))
+                            && !matches!(tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await, Ok(Ok(())))
                         {
                             break None;
                         }
@@ -228,7 +257,7 @@ pub async fn run<S>(
                     break None;
                 }
                 ws.queue_ping();
-                if !matches!(tokio::time::timeout(opts.write_deadline, ws.flush()).await, Ok(Ok(()))) {
+                if !matches!(tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await, Ok(Ok(()))) {
                     break None;
                 }
             }
@@ -239,7 +268,7 @@ pub async fn run<S>(
     if let Some(c) = close {
         ws.queue_close(c.code, &c.reason);
         if matches!(
-            tokio::time::timeout(opts.write_deadline, ws.flush()).await,
+            tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await,
             Ok(Ok(()))
         ) {
             // Let the peer answer the close so the frame is not lost to a reset.
@@ -248,15 +277,28 @@ pub async fn run<S>(
     }
 }
 
-/// Queues the batch and flushes once, within the write deadline.
-async fn write<S>(ws: &mut WebSocket<S>, batch: Vec<Text>, deadline: Duration) -> bool
+/// Queues the batch and flushes once, within the write deadline. While the write waits for
+/// the peer, the control is marked blocked.
+async fn write<S>(
+    ws: &mut WebSocket<S>,
+    ctl: &Control,
+    batch: Vec<Text>,
+    deadline: Duration,
+) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     for m in batch {
         ws.queue_text(m);
     }
-    matches!(tokio::time::timeout(deadline, ws.flush()).await, Ok(Ok(())))
+    let mut flush = Box::pin(ws.flush());
+    if let Some(done) = futures_util::future::poll_immediate(&mut flush).await {
+        return done.is_ok();
+    }
+    ctl.blocked.store(true, Ordering::Relaxed);
+    let done = tokio::time::timeout(deadline, flush).await;
+    ctl.blocked.store(false, Ordering::Relaxed);
+    matches!(done, Ok(Ok(())))
 }
 
 /// Sends one close frame on a socket that never entered [`run`] (refused after upgrade).

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use uuid::Uuid;
 
 use super::Socket;
@@ -118,6 +118,10 @@ pub struct Hub {
     machines: Arc<Machines>,
     subs: Mutex<HashMap<u64, Sub>>,
     next: AtomicU64,
+    /// The initial messages of a `/global` socket (DATA_STATIC, DATA_DYNAMIC, …_DISKS,
+    /// …_CONNECTIONS), encoded once and shared by every socket that joins until something
+    /// they show changes; with thousands of machines this is what makes connecting cheap.
+    global_initial: Mutex<[Option<Text>; 4]>,
 }
 
 /// Removes a socket from the hub when dropped.
@@ -164,6 +168,7 @@ impl Hub {
             machines,
             subs: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            global_initial: Mutex::new([None, None, None, None]),
         })
     }
 
@@ -177,17 +182,29 @@ impl Hub {
         let mut events = self.machines.subscribe();
         tokio::spawn(async move {
             loop {
-                match events.recv().await {
-                    Ok(e) => hub.on_event(&e),
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::error!(
-                            missed = n,
-                            "machines hub fell behind; resending full state"
-                        );
-                        hub.resync();
+                // Take every event already waiting, queue them quietly, then wake each socket
+                // once: a burst of events leaves in one write per socket.
+                let mut next = events.recv().await;
+                loop {
+                    match next {
+                        Ok(e) => hub.on_event(&e),
+                        Err(RecvError::Lagged(n)) => {
+                            tracing::error!(
+                                missed = n,
+                                "machines hub fell behind; resending full state"
+                            );
+                            hub.resync();
+                        }
+                        Err(RecvError::Closed) => return,
                     }
-                    Err(RecvError::Closed) => break,
+                    next = match events.try_recv() {
+                        Ok(e) => Ok(e),
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                        Err(TryRecvError::Empty) => break,
+                    };
                 }
+                hub.wake_all();
             }
         });
         let m = &state.config.machines;
@@ -234,10 +251,41 @@ impl Hub {
         self.machines.with_all(|all| {
             sub.recompute(all);
             let names = self.machines.usernames();
-            let chosen: Vec<&Machine> = match kind {
-                Kind::Global => all.values().collect(),
-                _ => sub.set.iter().filter_map(|u| all.get(u)).collect(),
-            };
+            if kind == Kind::Global {
+                let mut cache = self
+                    .global_initial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let mut list: Vec<&Machine> = all.values().collect();
+                list.sort_by_key(|m| m.uuid);
+                for (slot, which) in cache.iter_mut().zip([
+                    None,
+                    Some(Periodic::Dynamic),
+                    Some(Periodic::Disks),
+                    Some(Periodic::Connections),
+                ]) {
+                    let msg = slot.get_or_insert_with(|| match which {
+                        None => {
+                            let props: Vec<(Uuid, String)> = list
+                                .iter()
+                                .map(|m| (m.uuid, encode(&m.properties(&names))))
+                                .collect();
+                            envelope(
+                                "DATA_STATIC",
+                                &dict(props.iter().map(|(u, s)| (u, s.as_str()))),
+                            )
+                        }
+                        Some(p) => {
+                            let frags: Vec<(Uuid, String)> =
+                                list.iter().map(|m| (m.uuid, p.fragment(m))).collect();
+                            envelope(p.kind(), &dict(frags.iter().map(|(u, s)| (u, s.as_str()))))
+                        }
+                    });
+                    sub.ctl.send(msg.clone());
+                }
+                return;
+            }
+            let chosen: Vec<&Machine> = sub.set.iter().filter_map(|u| all.get(u)).collect();
             let props: Vec<(Uuid, String)> = chosen
                 .iter()
                 .map(|m| (m.uuid, encode(&m.properties(&names))))
@@ -267,6 +315,11 @@ impl Hub {
     fn broadcast(&self, which: Periodic) {
         let subs = self.lock();
         if subs.is_empty() {
+            // Nothing to send; a socket joining later must not start from an old snapshot.
+            *self
+                .global_initial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = [None, None, None, None];
             return;
         }
         self.machines.with_all(|all| {
@@ -314,7 +367,22 @@ impl Hub {
                     }
                 }
             }
+            // A socket joining later starts from this snapshot.
+            let slot = match which {
+                Periodic::Dynamic => 1,
+                Periodic::Disks => 2,
+                Periodic::Connections => 3,
+            };
+            self.global_initial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())[slot] = global;
         });
+    }
+
+    fn wake_all(&self) {
+        for sub in self.lock().values() {
+            sub.ctl.wake();
+        }
     }
 
     /// After missed events: every socket gets its full state again.
@@ -349,6 +417,19 @@ impl Hub {
     }
 
     fn on_event(&self, e: &MachineEvent) {
+        if matches!(
+            e,
+            MachineEvent::Created(_)
+                | MachineEvent::Updated(_)
+                | MachineEvent::Deleted { .. }
+                | MachineEvent::RelationsChanged { .. }
+        ) {
+            // Everything a joining global socket gets at once must match the new set.
+            *self
+                .global_initial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = [None, None, None, None];
+        }
         let mut subs = self.lock();
         match e {
             MachineEvent::Created(m) => {
@@ -357,12 +438,12 @@ impl Hub {
                 for sub in subs.values_mut() {
                     match sub.kind {
                         Kind::Global => {
-                            sub.ctl.send(msg.clone());
+                            sub.ctl.push(msg.clone());
                         }
                         Kind::Account if involved(&sub.user, m) => {
                             sub.set.insert(m.uuid);
                             sub.rekey();
-                            sub.ctl.send(msg.clone());
+                            sub.ctl.push(msg.clone());
                         }
                         _ => {}
                     }
@@ -375,7 +456,7 @@ impl Hub {
                 )));
                 let msg = envelope("DATA_STATIC", &body);
                 for sub in subs.values().filter(|s| s.follows(&m.uuid)) {
-                    sub.ctl.send(msg.clone());
+                    sub.ctl.push(msg.clone());
                 }
             }
             MachineEvent::Deleted { uuid } => {
@@ -383,7 +464,7 @@ impl Hub {
                 for sub in subs.values_mut().filter(|s| s.follows(uuid)) {
                     sub.set.remove(uuid);
                     sub.rekey();
-                    sub.ctl.send(msg.clone());
+                    sub.ctl.push(msg.clone());
                 }
             }
             MachineEvent::RelationsChanged { machine, before } => {
@@ -402,7 +483,7 @@ impl Hub {
                 for sub in subs.values_mut() {
                     match sub.kind {
                         Kind::Global => {
-                            sub.ctl.send(statik.clone());
+                            sub.ctl.push(statik.clone());
                         }
                         Kind::Account => {
                             let was = before.owner == Some(sub.user.uuid)
@@ -412,15 +493,15 @@ impl Hub {
                                 (false, true) => {
                                     sub.set.insert(machine.uuid);
                                     sub.rekey();
-                                    sub.ctl.send(create.clone());
+                                    sub.ctl.push(create.clone());
                                 }
                                 (true, false) => {
                                     sub.set.remove(&machine.uuid);
                                     sub.rekey();
-                                    sub.ctl.send(delete.clone());
+                                    sub.ctl.push(delete.clone());
                                 }
                                 (true, true) => {
-                                    sub.ctl.send(statik.clone());
+                                    sub.ctl.push(statik.clone());
                                 }
                                 (false, false) => {}
                             }
@@ -438,7 +519,7 @@ impl Hub {
                                 sub.set.remove(&machine.uuid);
                                 sub.rekey();
                             } else if visible {
-                                sub.ctl.send(statik.clone());
+                                sub.ctl.push(statik.clone());
                             }
                         }
                     }
@@ -494,13 +575,13 @@ impl Hub {
 
 /// The full entry of a machine newly followed by a subscribed socket.
 fn send_entry(sub: &Sub, m: &Machine, props: &str) {
-    sub.ctl.send(envelope(
+    sub.ctl.push(envelope(
         "DATA_STATIC",
         &dict(std::iter::once((&m.uuid, props))),
     ));
     for p in [Periodic::Dynamic, Periodic::Disks, Periodic::Connections] {
         let frag = p.fragment(m);
-        sub.ctl.send(envelope(
+        sub.ctl.push(envelope(
             p.kind(),
             &dict(std::iter::once((&m.uuid, frag.as_str()))),
         ));
@@ -514,7 +595,7 @@ fn lifecycle(subs: &HashMap<u64, Sub>, kind: &str, uuid: &Uuid, error: Option<&S
     };
     let msg = envelope(kind, &body);
     for sub in subs.values().filter(|s| s.follows(uuid)) {
-        sub.ctl.send(msg.clone());
+        sub.ctl.push(msg.clone());
     }
 }
 
@@ -528,7 +609,7 @@ pub async fn serve(
     unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
     let authenticated = crate::auth::authenticate(&state, token.as_deref()).await;
-    drop(unauthenticated);
+    drop((unauthenticated, token));
     let actor = match authenticated {
         Ok(a) => a,
         Err(_) => {
@@ -560,6 +641,7 @@ pub async fn serve(
                 .collect()
         })
         .unwrap_or_default();
+    drop(query);
     let stored: BTreeSet<Uuid> = if kind == Kind::Subscribed {
         let user = actor.user.uuid;
         match state.db.run(move |db| db.subscriptions(user)).await {

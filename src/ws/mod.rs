@@ -148,7 +148,7 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
     let query = req.uri().query().map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = state.ws.tasks.clone();
-    tracker.spawn(async move {
+    let fut = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -173,7 +173,8 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
             }
             Endpoint::Channels => channels::serve(state, ws, token, unauth).await,
         }
-    });
+    };
+    tracker.spawn(fut);
     let mut r = Response::new(Bytes::new().into());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();

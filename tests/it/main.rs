@@ -6,11 +6,13 @@
 mod auth;
 mod channels;
 mod cli;
+mod clusters;
 mod fixtures;
 mod harness;
 mod lifecycle;
 mod machines;
 mod plugins;
 mod users;
+mod vms;
 mod ws;
 mod wsclient;
