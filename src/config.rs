@@ -182,6 +182,9 @@ pub struct Ws {
     pub max_message: u64,
     /// Sockets allowed at once between upgrade and authentication (503 above).
     pub max_unauthenticated: usize,
+    /// Milliseconds events are gathered after the first of a burst before each socket is
+    /// woken to write them in one go (0: write at once).
+    pub coalesce_ms: u64,
 }
 
 impl Default for Ws {
@@ -193,6 +196,7 @@ impl Default for Ws {
             send_queue: 256,
             max_message: 64 * 1024,
             max_unauthenticated: 256,
+            coalesce_ms: 2,
         }
     }
 }

@@ -180,11 +180,14 @@ impl Hub {
     pub fn start(self: &Arc<Self>, state: &AppState) {
         let hub = self.clone();
         let mut events = self.machines.subscribe();
+        let coalesce = Duration::from_millis(state.config.ws.coalesce_ms);
         tokio::spawn(async move {
             loop {
-                // Take every event already waiting, queue them quietly, then wake each socket
-                // once: a burst of events leaves in one write per socket.
+                // Queue events quietly for up to `ws.coalesce_ms` after the first of a burst,
+                // then wake each socket once: the burst leaves in one write per socket
+                // (write coalescing in place of Nagle's algorithm, which is off).
                 let mut next = events.recv().await;
+                let until = tokio::time::Instant::now() + coalesce;
                 loop {
                     match next {
                         Ok(e) => hub.on_event(&e),
@@ -201,7 +204,11 @@ impl Hub {
                         Ok(e) => Ok(e),
                         Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                         Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Empty) if coalesce.is_zero() => break,
+                        Err(TryRecvError::Empty) => tokio::select! {
+                            e = events.recv() => e,
+                            () = tokio::time::sleep_until(until) => break,
+                        },
                     };
                 }
                 hub.wake_all();

@@ -55,8 +55,9 @@ TICK_BYTES=${BENCH_TICK_BYTES:-auto}        # peers' tick size; auto: Orchard's 
 FLOOD_RATE=${BENCH_FLOOD_RATE:-1000}        # peers' event messages per second (each to all)
 FLOOD_BYTES=${BENCH_FLOOD_BYTES:-200}       # peers' event message size
 FLOOD_FLEET=${BENCH_FLOOD_FLEET:-500}       # machines while Orchard churns
-# The simulator's churn thread yields about 3 events per restart and second asked for.
-FLOOD_CHURN=${BENCH_FLOOD_CHURN:-$(((FLOOD_RATE + 2) / 3))}
+# Each restart the simulator churns yields 4 events on /ws/machines/global (SHUTDOWN_START,
+# SHUTDOWN_SUCCESS, BOOTUP_START, BOOTUP_SUCCESS).
+FLOOD_CHURN=${BENCH_FLOOD_CHURN:-$(((FLOOD_RATE + 3) / 4))}
 SLOW_PERCENT=${BENCH_SLOW_PERCENT:-1}
 LOGINS=${BENCH_LOGINS:-200}
 SERVERS=${ONLY:-orchard,floor,warp,node,python}

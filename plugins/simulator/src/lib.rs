@@ -116,6 +116,8 @@ enum Out {
 struct Effects {
     out: Vec<Out>,
     persist: bool,
+    /// The change is only a status change: its write may wait up to [`PERSIST_EVERY`].
+    lazy: bool,
     timers: Vec<(Duration, Task)>,
     /// Wait for every emission ordered before this change, even with nothing to emit.
     barrier: bool,
@@ -150,7 +152,15 @@ struct State {
     generation: u64,
     /// Next emission ticket (see [`Gate`]).
     next_ticket: u64,
+    /// When the state file was last written, and whether a late write is scheduled.
+    last_persist: Option<Instant>,
+    flush_scheduled: bool,
 }
+
+/// Status changes (power transitions) reach the state file at most this often: a fleet under
+/// heavy churn would otherwise rewrite and fsync it hundreds of times a second. Creations,
+/// deletions and metadata are written at once.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 impl State {
     fn find(&self, uuid: &str) -> PluginResult<usize> {
@@ -281,12 +291,30 @@ impl Core {
         let Effects {
             out,
             persist,
-            timers,
+            lazy,
+            mut timers,
             barrier,
         } = fx;
-        let snapshot = persist.then(|| {
+        let now = Instant::now();
+        let since = st.last_persist.map(|t| now.duration_since(t));
+        let write_now = persist && (!lazy || since.is_none_or(|d| d >= PERSIST_EVERY));
+        if persist && !write_now && !st.flush_scheduled {
+            st.flush_scheduled = true;
+            let wait = PERSIST_EVERY.saturating_sub(since.unwrap_or_default());
+            timers.push((
+                wait,
+                Task {
+                    uuid: String::new(),
+                    token: 0,
+                    step: Step::Flush,
+                },
+            ));
+        }
+        let snapshot = write_now.then(|| {
             st.generation += 1;
-            let bytes = store::encode(&st.machines, st.next_seq, Instant::now());
+            st.last_persist = Some(now);
+            st.flush_scheduled = false;
+            let bytes = store::encode(&st.machines, st.next_seq, now);
             (st.generation, bytes)
         });
         for (delay, task) in timers {
@@ -388,6 +416,16 @@ impl Core {
     /// A scheduled step is due.
     fn fire(&self, task: Task) {
         let mut guard = self.lock();
+        if task.step == Step::Flush {
+            if guard.flush_scheduled {
+                let fx = Effects {
+                    persist: true,
+                    ..Effects::default()
+                };
+                self.commit(guard, fx);
+            }
+            return;
+        }
         let st = &mut *guard;
         let Some(m) = st
             .index
@@ -403,6 +441,7 @@ impl Core {
         let wall = clock::now_ms();
         let mut fx = Effects {
             persist: true,
+            lazy: true,
             ..Effects::default()
         };
         let uuid = m.info.uuid.clone();
@@ -461,6 +500,7 @@ impl Core {
         let wall = clock::now_ms();
         let mut fx = Effects {
             persist: true,
+            lazy: true,
             ..Effects::default()
         };
         match action {
@@ -597,6 +637,8 @@ impl Simulator {
                 next_seq,
                 generation: 1,
                 next_ticket: 0,
+                last_persist: None,
+                flush_scheduled: false,
             }),
             timers: Timers::default(),
             gate: Gate::default(),
@@ -637,6 +679,17 @@ impl Simulator {
     /// (and settle on the next start).
     fn stop_scheduler(&self) {
         self.core.timers.stop();
+        // Status changes still waiting for their late write are saved now.
+        let guard = self.core.lock();
+        if guard.flush_scheduled {
+            let fx = Effects {
+                persist: true,
+                ..Effects::default()
+            };
+            self.core.commit(guard, fx);
+        } else {
+            drop(guard);
+        }
         for slot in [&self.scheduler, &self.churn] {
             let handle = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
             if let Some(handle) = handle {

@@ -16,6 +16,8 @@ pub(crate) enum Step {
     Boot,
     /// The graceful shutdown finishes; for a restart, a boot follows.
     Shutdown { restart: bool },
+    /// Status changes saved late (at most one state-file write per second for them).
+    Flush,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
