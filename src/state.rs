@@ -95,4 +95,19 @@ impl AppState {
     pub fn announce(&self, entry: crate::db::AuditEntry) {
         let _ = self.activity.send(entry);
     }
+
+    /// Writes an audit entry in its own transaction and, once it is committed, announces it
+    /// on `user_activity` when `announce` is set.
+    pub async fn record(
+        &self,
+        entry: crate::db::AuditEntry,
+        announce: bool,
+    ) -> Result<(), crate::db::DbError> {
+        let stored = entry.clone();
+        self.db.run(move |db| db.append_audit(&stored)).await?;
+        if announce {
+            self.announce(entry);
+        }
+        Ok(())
+    }
 }

@@ -55,9 +55,7 @@ pub async fn login(req: Request) -> Result<Response> {
             let entry = AuditEntry::new(clip(&body.username), "login_failed")
                 .ip(ip)
                 .user_agent(req.user_agent.as_deref());
-            let announced = entry.clone();
-            state.db.run(move |db| db.append_audit(&entry)).await?;
-            state.announce(announced);
+            state.record(entry, true).await?;
             tracing::info!(target: "orchard::audit", username = %clip(&body.username), "login failed");
             return Err(Error::BadCredentials);
         }
@@ -68,9 +66,7 @@ pub async fn login(req: Request) -> Result<Response> {
         .actor_id(user.uuid)
         .ip(ip)
         .user_agent(req.user_agent.as_deref());
-    let announced = entry.clone();
-    state.db.run(move |db| db.append_audit(&entry)).await?;
-    state.announce(announced);
+    state.record(entry, true).await?;
     Ok(token_response(&issued))
 }
 

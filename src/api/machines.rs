@@ -189,7 +189,7 @@ async fn audit(req: &Request, user: &User, action: &str, machine: Uuid) {
     let entry = AuditEntry::new(user.username.clone(), action)
         .target(machine.to_string())
         .ip(req.client_ip());
-    if let Err(e) = req.state.db.run(move |db| db.append_audit(&entry)).await {
+    if let Err(e) = req.state.record(entry, false).await {
         tracing::error!(error = %e, "cannot write an audit entry");
     }
 }

@@ -709,11 +709,8 @@ async fn carry_out(machines: &Machines, uuid: Uuid, action: PowerAction) -> (boo
 
 async fn audit(state: &AppState, username: &str, action: &str, machine: Uuid) {
     let entry = AuditEntry::new(username.to_owned(), action).target(machine.to_string());
-    let announced = entry.clone();
-    match state.db.run(move |db| db.append_audit(&entry)).await {
-        Ok(()) if action.starts_with("console.") => state.announce(announced),
-        Ok(()) => {}
-        Err(e) => tracing::error!(error = %e, "cannot write an audit entry"),
+    if let Err(e) = state.record(entry, action.starts_with("console.")).await {
+        tracing::error!(error = %e, "cannot write an audit entry");
     }
 }
 
