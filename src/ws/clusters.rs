@@ -126,7 +126,7 @@ pub async fn serve(
         ping_interval: Duration::from_secs(c.ping_interval.max(1)),
         idle_timeout: Duration::from_secs(c.pong_wait.max(1)),
         write_deadline: Duration::from_secs(c.write_deadline.max(1)),
-        expires_at: exp.map(|(e, _)| super::machines::instant_of(e)),
+        expires_at: exp.map(|(e, _)| super::instant_of(e)),
     };
     let shutdown = state.ws.shutdown.subscribe();
     conn::run(ws, ctl, opts, shutdown, |_| Reply::Continue).await;

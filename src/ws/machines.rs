@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::Socket;
 use super::conn::{self, CloseWith, Control, Reply, Text, code};
 use crate::machines::{Machine, MachineEvent, Machines, sees};
-use crate::model::{Permission, User, now_iso, now_unix};
+use crate::model::{Permission, User, now_iso};
 use crate::state::AppState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,31 @@ fn dict<'a>(entries: impl Iterator<Item = (&'a Uuid, &'a str)>) -> String {
     }
     s.push('}');
     s
+}
+
+/// What a socket gets on joining, in order: DATA_STATIC (`None`), then the three periodic
+/// payloads.
+const INITIAL: [Option<Periodic>; 4] = [
+    None,
+    Some(Periodic::Dynamic),
+    Some(Periodic::Disks),
+    Some(Periodic::Connections),
+];
+
+/// One full message (DATA_STATIC for `None`) for `list`.
+fn snapshot(which: Option<Periodic>, list: &[&Machine], names: &HashMap<Uuid, String>) -> Text {
+    let frags: Vec<(Uuid, String)> = list
+        .iter()
+        .map(|m| {
+            let frag = match which {
+                None => encode(&m.properties(names)),
+                Some(p) => p.fragment(m),
+            };
+            (m.uuid, frag)
+        })
+        .collect();
+    let kind = which.map_or("DATA_STATIC", Periodic::kind);
+    envelope(kind, &dict(frags.iter().map(|(u, s)| (u, s.as_str()))))
 }
 
 /// One socket as the hub sees it.
@@ -265,49 +290,15 @@ impl Hub {
                     .unwrap_or_else(|p| p.into_inner());
                 let mut list: Vec<&Machine> = all.values().collect();
                 list.sort_by_key(|m| m.uuid);
-                for (slot, which) in cache.iter_mut().zip([
-                    None,
-                    Some(Periodic::Dynamic),
-                    Some(Periodic::Disks),
-                    Some(Periodic::Connections),
-                ]) {
-                    let msg = slot.get_or_insert_with(|| match which {
-                        None => {
-                            let props: Vec<(Uuid, String)> = list
-                                .iter()
-                                .map(|m| (m.uuid, encode(&m.properties(&names))))
-                                .collect();
-                            envelope(
-                                "DATA_STATIC",
-                                &dict(props.iter().map(|(u, s)| (u, s.as_str()))),
-                            )
-                        }
-                        Some(p) => {
-                            let frags: Vec<(Uuid, String)> =
-                                list.iter().map(|m| (m.uuid, p.fragment(m))).collect();
-                            envelope(p.kind(), &dict(frags.iter().map(|(u, s)| (u, s.as_str()))))
-                        }
-                    });
+                for (slot, which) in cache.iter_mut().zip(INITIAL) {
+                    let msg = slot.get_or_insert_with(|| snapshot(which, &list, &names));
                     sub.ctl.send(msg.clone());
                 }
                 return;
             }
             let chosen: Vec<&Machine> = sub.set.iter().filter_map(|u| all.get(u)).collect();
-            let props: Vec<(Uuid, String)> = chosen
-                .iter()
-                .map(|m| (m.uuid, encode(&m.properties(&names))))
-                .collect();
-            sub.ctl.send(envelope(
-                "DATA_STATIC",
-                &dict(props.iter().map(|(u, s)| (u, s.as_str()))),
-            ));
-            for p in [Periodic::Dynamic, Periodic::Disks, Periodic::Connections] {
-                let frags: Vec<(Uuid, String)> =
-                    chosen.iter().map(|m| (m.uuid, p.fragment(m))).collect();
-                sub.ctl.send(envelope(
-                    p.kind(),
-                    &dict(frags.iter().map(|(u, s)| (u, s.as_str()))),
-                ));
+            for which in INITIAL {
+                sub.ctl.send(snapshot(which, &chosen, &names));
             }
         });
         subs.insert(id, sub);
@@ -399,15 +390,8 @@ impl Hub {
             let names = self.machines.usernames();
             for sub in subs.values_mut() {
                 sub.recompute(all);
-                let props: Vec<(Uuid, String)> = all
-                    .values()
-                    .filter(|m| sub.follows(&m.uuid))
-                    .map(|m| (m.uuid, encode(&m.properties(&names))))
-                    .collect();
-                sub.ctl.send(envelope(
-                    "DATA_STATIC",
-                    &dict(props.iter().map(|(u, s)| (u, s.as_str()))),
-                ));
+                let list: Vec<&Machine> = all.values().filter(|m| sub.follows(&m.uuid)).collect();
+                sub.ctl.send(snapshot(None, &list, &names));
             }
         });
     }
@@ -670,14 +654,4 @@ pub async fn serve(
     let opts = super::options(&state, Some(actor.claims.exp));
     let shutdown = state.ws.shutdown.subscribe();
     conn::run(ws, ctl, opts, shutdown, |_| Reply::Continue).await;
-}
-
-/// Seconds until `exp`, as an instant (tokens carry whole seconds).
-pub fn instant_of(exp: u64) -> tokio::time::Instant {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let left = Duration::from_secs(exp).saturating_sub(now);
-    let _ = now_unix;
-    tokio::time::Instant::now() + left
 }

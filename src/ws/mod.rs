@@ -229,6 +229,14 @@ pub fn auth_failed() -> conn::Text {
     )
 }
 
+/// The instant of a token's `exp` (Unix seconds), for closing its socket then.
+pub fn instant_of(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    tokio::time::Instant::now() + std::time::Duration::from_secs(exp).saturating_sub(now)
+}
+
 /// The connection options of an authenticated socket whose token expires at `exp`.
 pub fn options(state: &AppState, exp: Option<u64>) -> conn::Options {
     let w = &state.config.ws;
@@ -236,7 +244,7 @@ pub fn options(state: &AppState, exp: Option<u64>) -> conn::Options {
         ping_interval: std::time::Duration::from_secs(w.ping_interval.max(1)),
         idle_timeout: std::time::Duration::from_secs(w.idle_timeout.max(1)),
         write_deadline: std::time::Duration::from_secs(w.write_deadline.max(1)),
-        expires_at: exp.map(machines::instant_of),
+        expires_at: exp.map(instant_of),
     }
 }
 
