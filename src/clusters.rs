@@ -119,9 +119,12 @@ impl Clusters {
                 .collect()
         });
         let statuses: Vec<MachineStatus> = nodes.iter().map(|n| n.status).collect();
+        // A member the registry no longer has (deleted, its removal from the stored list still
+        // in flight) is shown in neither list, so `machines` and `nodes` always agree.
+        let machines = nodes.iter().map(|n| n.uuid.clone()).collect();
         ClusterView {
             name: rec.name.clone(),
-            machines: rec.machines.clone(),
+            machines,
             phase: phase(&statuses),
             nodes,
             addons: rec.addons.clone(),

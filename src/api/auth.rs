@@ -9,7 +9,6 @@ use super::views::{TokenView, UserView};
 use crate::auth::token::{Issued, TokenError};
 use crate::db::{AuditEntry, UserChange};
 use crate::error::{Error, Result};
-use crate::model::now_unix;
 
 #[derive(Deserialize)]
 struct LoginBody {
@@ -76,7 +75,9 @@ fn token_response(issued: &Issued) -> Response {
         &TokenView {
             access_token: issued.token.clone(),
             token_type: "Bearer",
-            expires_in: issued.claims.exp.saturating_sub(now_unix()),
+            // The lifetime granted at issue: the audit write between issuing and answering
+            // must not shave a second off it when it crosses a second boundary.
+            expires_in: issued.claims.exp.saturating_sub(issued.claims.iat),
         },
     )
 }
