@@ -54,7 +54,9 @@ pub struct Http {
     pub allow_insecure: bool,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: u64,
-    /// Seconds a graceful shutdown waits for requests in flight.
+    /// Seconds a graceful shutdown waits for requests in flight. The process then allows
+    /// blocking work one more second, so the default keeps the whole exit within the
+    /// contract's 5 s.
     pub shutdown_grace: u64,
 }
 
@@ -66,7 +68,7 @@ impl Default for Http {
             public_url: None,
             allow_insecure: false,
             max_body_bytes: 1024 * 1024,
-            shutdown_grace: 5,
+            shutdown_grace: 4,
         }
     }
 }
@@ -582,7 +584,7 @@ mod tests {
 
     #[test]
     fn defaults_work_without_anything() {
-        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap_or_default();
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c.http.listen, "127.0.0.1:8080");
         assert_eq!(c.storage.data_dir, PathBuf::from("./orchard-data"));
         assert_eq!(c.auth.token_ttl, 3600);

@@ -12,6 +12,11 @@
 //!
 //! The plugin author's guide is `README.md` next to this crate.
 
+// The export shims catch a backend's panics with `catch_unwind`; under `panic = "abort"` a
+// panic would take the whole daemon down instead of poisoning one plugin.
+#[cfg(panic = "abort")]
+compile_error!("Orchard plugins must be built with panic = \"unwind\" (the default)");
+
 pub mod abi;
 #[doc(hidden)]
 pub mod export;

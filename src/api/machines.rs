@@ -37,15 +37,20 @@ fn visible(machines: &Machines, user: &User, uuid: Uuid) -> Result<Machine> {
         .ok_or_else(|| Error::not_found(format!("no machine {uuid}")))
 }
 
-/// The machine if `user` controls it; 404 if unseen, 403 if seen only.
+/// The machine if `user` controls it (MANAGE_ALL_VMS controls every machine, seen or not);
+/// 403 if seen only, 404 otherwise.
 fn controlled(machines: &Machines, user: &User, uuid: Uuid) -> Result<Machine> {
-    let m = visible(machines, user, uuid)?;
+    let m = machines
+        .get(uuid)
+        .ok_or_else(|| Error::not_found(format!("no machine {uuid}")))?;
     if controls(user, &m.relations) {
         Ok(m)
-    } else {
+    } else if sees(user, &m.relations) {
         Err(Error::forbidden(
             "controlling this machine needs ownership, assignment or MANAGE_ALL_VMS",
         ))
+    } else {
+        Err(Error::not_found(format!("no machine {uuid}")))
     }
 }
 
@@ -240,7 +245,7 @@ pub async fn set_owner(req: Request) -> Result<Response> {
     let actor = req.actor()?.user.clone();
     let body: OwnerBody = req.json()?;
     let machines = &req.state.machines;
-    let m = visible(machines, &actor, machine_id(&req)?)?;
+    let m = controlled(machines, &actor, machine_id(&req)?)?;
     let owner = match &body.user {
         Some(who) => Some(resolve_user(&req, who).await?.uuid),
         None => None,
@@ -259,7 +264,7 @@ pub async fn set_owner(req: Request) -> Result<Response> {
 async fn client(req: Request, assigned: bool) -> Result<Response> {
     let actor = req.actor()?.user.clone();
     let machines = &req.state.machines;
-    let m = visible(machines, &actor, machine_id(&req)?)?;
+    let m = controlled(machines, &actor, machine_id(&req)?)?;
     let user = resolve_user(&req, req.param("user_uuid")).await?;
     let entry = AuditEntry::new(
         actor.username.clone(),

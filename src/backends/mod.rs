@@ -390,27 +390,37 @@ async fn load_entry(
     source: String,
     tx: UnboundedSender<PluginMsg>,
     taken: &[String],
-) -> Result<Backend, (Option<Describe>, String)> {
+) -> Result<Backend, LoadFailure> {
     let timeout = Duration::from_secs(config.plugins.load_timeout);
     let handshake = tokio::task::spawn_blocking(move || plugin::handshake(entry));
     let (table, describe) = match tokio::time::timeout(timeout, handshake).await {
-        Err(_) => return Err((None, "handshake timed out".into())),
-        Ok(Err(e)) => return Err((None, format!("handshake aborted: {e}"))),
-        Ok(Ok(Err(e))) => return Err((None, e.to_string())),
+        Err(_) => return Err(LoadFailure::from((None, "handshake timed out".into()))),
+        Ok(Err(e)) => return Err(LoadFailure::from((None, format!("handshake aborted: {e}")))),
+        Ok(Ok(Err(e))) => {
+            let abi = match e {
+                LoadError::AbiMismatch { found, .. } => found,
+                _ => abi::ABI_VERSION,
+            };
+            return Err(LoadFailure {
+                describe: None,
+                abi,
+                reason: e.to_string(),
+            });
+        }
         Ok(Ok(Ok(pair))) => pair,
     };
     if taken.contains(&describe.name) {
-        return Err((
+        return Err(LoadFailure::from((
             Some(describe.clone()),
             format!("another plugin named {} is already loaded", describe.name),
-        ));
+        )));
     }
     let data_dir = config.storage.data_dir.join("plugins").join(&describe.name);
     if let Err(e) = std::fs::create_dir_all(&data_dir) {
-        return Err((
+        return Err(LoadFailure::from((
             Some(describe),
             format!("cannot create {}: {e}", data_dir.display()),
-        ));
+        )));
     }
     let init_config = InitConfig {
         data_dir: data_dir.to_string_lossy().into_owned(),
@@ -419,9 +429,14 @@ async fn load_entry(
     let d = describe.clone();
     let init = tokio::task::spawn_blocking(move || plugin::init(table, d, &init_config, tx));
     let plugin = match tokio::time::timeout(timeout, init).await {
-        Err(_) => return Err((Some(describe), "init timed out".into())),
-        Ok(Err(e)) => return Err((Some(describe), format!("init aborted: {e}"))),
-        Ok(Ok(Err(e))) => return Err((Some(describe), e.to_string())),
+        Err(_) => return Err(LoadFailure::from((Some(describe), "init timed out".into()))),
+        Ok(Err(e)) => {
+            return Err(LoadFailure::from((
+                Some(describe),
+                format!("init aborted: {e}"),
+            )));
+        }
+        Ok(Ok(Err(e))) => return Err(LoadFailure::from((Some(describe), e.to_string()))),
         Ok(Ok(Ok(p))) => p,
     };
     Ok(Backend {
@@ -434,12 +449,30 @@ async fn load_entry(
     })
 }
 
-fn failed_info(
+/// Why `load_entry` failed: what the plugin said of itself, if anything, and the ABI version
+/// it declared (the host's when the table could not be read).
+struct LoadFailure {
     describe: Option<Describe>,
-    fallback_name: &str,
-    source: String,
+    abi: u32,
     reason: String,
-) -> BackendInfo {
+}
+
+impl From<(Option<Describe>, String)> for LoadFailure {
+    fn from((describe, reason): (Option<Describe>, String)) -> Self {
+        Self {
+            describe,
+            abi: abi::ABI_VERSION,
+            reason,
+        }
+    }
+}
+
+fn failed_info(f: LoadFailure, fallback_name: &str, source: String) -> BackendInfo {
+    let LoadFailure {
+        describe,
+        abi,
+        reason,
+    } = f;
     tracing::error!(plugin = %source, %reason, "plugin failed to load");
     BackendInfo {
         name: describe
@@ -450,7 +483,7 @@ fn failed_info(
             .as_ref()
             .map(|d| d.version.clone())
             .unwrap_or_default(),
-        abi_version: abi::ABI_VERSION,
+        abi_version: abi,
         capabilities: describe.map(|d| d.capabilities).unwrap_or_default(),
         status: "failed",
         last_error: Some(reason),
@@ -483,10 +516,11 @@ pub async fn load_file(
         Ok(Err(e)) => Err(format!("loading the library aborted: {e}")),
         Ok(Ok(r)) => r.map_err(|e: LoadError| e.to_string()),
     };
-    let entry = opened.map_err(|reason| failed_info(None, &stem, source.clone(), reason))?;
+    let entry =
+        opened.map_err(|reason| failed_info((None, reason).into(), &stem, source.clone()))?;
     load_entry(config, entry, source.clone(), tx, taken)
         .await
-        .map_err(|(d, reason)| failed_info(d, &stem, source, reason))
+        .map_err(|f| failed_info(f, &stem, source))
 }
 
 /// Loads every plugin file, then the built-in simulator unless a loaded plugin already has
@@ -512,7 +546,7 @@ pub async fn load_all(config: &Config, tx: UnboundedSender<PluginMsg>) -> Backen
                 tracing::info!(backend = %b.name, "built-in simulator loaded");
                 loaded.push(Arc::new(b));
             }
-            Err((d, reason)) => failed.push(failed_info(d, "simulator", "built-in".into(), reason)),
+            Err(f) => failed.push(failed_info(f, "simulator", "built-in".into())),
         }
     }
     Backends { loaded, failed }

@@ -710,6 +710,67 @@ async fn visibility_and_control_per_user() {
     .expect_any_error(404);
 }
 
+/// MANAGE_ALL_VMS controls every machine even without VIEW_ALL_VMS (contract 2): the
+/// machine is not listed, yet power, edit, ownership and assignment act on it.
+#[tokio::test]
+async fn manage_all_vms_alone_controls_unseen_machines() {
+    let d = Daemon::start();
+    let admin = d.admin_token().await;
+    let all = list_machines(&d, &admin).await;
+    let (_, manager) = user_with(&d, &admin, "manager", &["MANAGE_ALL_VMS"]).await;
+    let (carol_id, _) = user_with(&d, &admin, "carol", &[]).await;
+    let mut target = None;
+    for m in &all {
+        let fails = fail_boot_machines(std::slice::from_ref(m)).len() == 1;
+        if !fails && status(&d, &admin, &uuid_of(m)).await == "stopped" {
+            target = Some(uuid_of(m));
+            break;
+        }
+    }
+    let target = target.unwrap_or_else(|| panic!("no stopped machine: {all:?}"));
+
+    assert_eq!(list_machines(&d, &manager).await, Vec::<Value>::new());
+    d.get(&machine_path(&target), Some(&manager))
+        .await
+        .expect_any_error(404);
+    power_ok(&d, &manager, &target, "start").await;
+    wait_status(&d, &admin, &target, "running").await;
+    d.patch(
+        &machine_path(&target),
+        Some(&manager),
+        &json!({"description": "managed"}),
+    )
+    .await
+    .expect(200);
+    d.request(
+        reqwest::Method::PUT,
+        &format!("/api/machines/{target}/clients/{carol_id}"),
+        Some(&manager),
+        None,
+    )
+    .await
+    .expect(200);
+    let p = d
+        .request(
+            reqwest::Method::PUT,
+            &format!("/api/machines/{target}/owner"),
+            Some(&manager),
+            Some(&json!({"user": "carol"})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(p["owner"]["username"], "carol", "{p}");
+    assert_eq!(p["description"], "managed", "{p}");
+    assert!(
+        p["assigned_clients"].get(&carol_id).is_some(),
+        "carol assigned: {p}"
+    );
+    // An unknown machine is still a 404.
+    power(&d, &manager, &uuid::Uuid::new_v4().to_string(), "start")
+        .await
+        .expect_any_error(404);
+}
+
 #[tokio::test]
 async fn create_patch_delete_roundtrip() {
     let d = Daemon::start();

@@ -132,6 +132,7 @@ async fn broken_plugins_are_reported_failed_and_the_daemon_keeps_working() {
                     numbers.contains(&"999") && numbers.contains(&"1"),
                     "wrong_abi: the reason names both ABI versions: {reason}"
                 );
+                assert_eq!(b["abi_version"], 999, "the ABI the plugin declared: {b}");
             }
             "no_symbol" => assert!(
                 reason.contains("orchard_plugin_v1"),
