@@ -47,13 +47,45 @@ fn level(value: f64, warning: f64, critical: f64) -> Option<&'static str> {
 }
 
 impl Alerts {
-    pub fn new(db: Db, rules: AlertRules) -> Arc<Self> {
-        Arc::new(Self {
+    /// Resumes the alerts still raised when the daemon last stopped, so that they are cleared
+    /// (not raised a second time) when their condition ends. A boot alert of a machine that
+    /// no longer exists is cleared at once.
+    pub async fn load(
+        db: Db,
+        rules: AlertRules,
+        machines: &Machines,
+    ) -> crate::error::Result<Arc<Self>> {
+        let raised = db.run(|db| db.raised_alerts()).await?;
+        let me = Arc::new(Self {
             db,
             rules,
             active: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
-        })
+        });
+        for record in raised {
+            let gone = record
+                .machine_uuid
+                .as_deref()
+                .and_then(|m| Uuid::parse_str(m).ok())
+                .is_some_and(|m| machines.get(m).is_none());
+            match record.subject.clone() {
+                Some(subject) if !gone => {
+                    me.lock().insert(subject, Active { record });
+                }
+                // Without a subject (older records) no rule can ever clear it: clear it now.
+                _ => {
+                    let mut cleared = record;
+                    cleared.state = "cleared".into();
+                    cleared.timestamp = now_iso();
+                    me.store(cleared).await;
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<AlertRecord>> {
@@ -115,6 +147,25 @@ impl Alerts {
                 hostname,
                 metrics,
             } => {
+                // A mount with an active alert that the sample no longer has is cleared.
+                let prefix = format!("disk:{host_id}:");
+                let vanished: Vec<Finding> = self
+                    .lock()
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.strip_prefix(&prefix)
+                            .is_some_and(|mount| !metrics.disk_usage.contains_key(mount))
+                    })
+                    .map(|(k, a)| Finding {
+                        key: k.clone(),
+                        severity: None,
+                        title: a.record.title.clone(),
+                        message: a.record.message.clone(),
+                        category: "disk_space",
+                        host: Some((host_id.clone(), hostname.clone())),
+                        machine: None,
+                    })
+                    .collect();
                 let mut out: Vec<Finding> = metrics
                     .disk_usage
                     .iter()
@@ -137,6 +188,7 @@ impl Alerts {
                     host: Some((host_id.clone(), hostname.clone())),
                     machine: None,
                 });
+                out.extend(vanished);
                 out
             }
             HostEvent::Status {
@@ -213,6 +265,7 @@ impl Alerts {
                 host_id: f.host.as_ref().map(|h| h.0.clone()),
                 hostname: f.host.map(|h| h.1),
                 machine_uuid: f.machine.map(|m| m.to_string()),
+                subject: Some(f.key.clone()),
                 timestamp: now_iso(),
             };
             self.active

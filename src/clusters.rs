@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use orchard_plugin_api::MachineStatus;
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -227,17 +229,23 @@ impl Clusters {
         Ok(self.view(&rec))
     }
 
+    /// Stores, then announces the update.
     async fn store(&self, rec: ClusterRecord, audit: Option<AuditEntry>) -> Result<()> {
+        let name = rec.name.clone();
+        self.save(rec, audit).await?;
+        self.publish("cluster.updated", &name);
+        Ok(())
+    }
+
+    async fn save(&self, rec: ClusterRecord, audit: Option<AuditEntry>) -> Result<()> {
         let stored = rec.clone();
         self.db
             .run(move |db| db.update_cluster(&stored, audit))
             .await?;
-        let name = rec.name.clone();
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), rec);
-        self.publish("cluster.updated", &name);
+            .insert(rec.name.clone(), rec);
         Ok(())
     }
 
@@ -266,30 +274,46 @@ impl Clusters {
             .collect()
     }
 
-    /// Follows the machines: a member's status or title change marks its clusters updated
-    /// (published once per `debounce`); a deleted member leaves its clusters.
+    /// Follows the machines: a member's status or title change, or a deleted member leaving,
+    /// marks its clusters dirty. Dirty clusters are announced once the changes pause for
+    /// `debounce` (at the latest `4 × debounce` after the first change), so a burst of member
+    /// changes gives one `cluster.updated` per cluster.
     pub fn start(self: &Arc<Self>, debounce: Duration) {
         let me = self.clone();
         let mut rx = self.machines.subscribe();
+        let debounce = debounce.max(Duration::from_millis(10));
         tokio::spawn(async move {
             let mut dirty: BTreeSet<String> = BTreeSet::new();
-            let mut flush = tokio::time::interval(debounce.max(Duration::from_millis(10)));
-            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // (quiet deadline, hard deadline) while something is dirty.
+            let mut due: Option<(Instant, Instant)> = None;
             loop {
+                let wake = due.map(|(quiet, hard)| quiet.min(hard));
                 tokio::select! {
-                    e = rx.recv() => match e {
-                        Ok(MachineEvent::StatusChanged { uuid, .. }) => dirty.extend(me.of(&uuid)),
-                        Ok(MachineEvent::Updated(m)) => dirty.extend(me.of(&m.uuid)),
-                        Ok(MachineEvent::Deleted { uuid }) => me.drop_member(uuid).await,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            dirty.extend(me.cache().keys().cloned());
+                    e = rx.recv() => {
+                        let touched = match e {
+                            Ok(MachineEvent::StatusChanged { uuid, .. }) => me.of(&uuid),
+                            Ok(MachineEvent::Updated(m)) => me.of(&m.uuid),
+                            Ok(MachineEvent::Deleted { uuid }) => me.drop_member(uuid).await,
+                            Ok(_) => Vec::new(),
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                me.cache().keys().cloned().collect()
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        };
+                        if !touched.is_empty() {
+                            dirty.extend(touched);
+                            let now = Instant::now();
+                            let hard = due.map_or(now + debounce * 4, |(_, hard)| hard);
+                            due = Some((now + debounce, hard));
                         }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    _ = flush.tick() => {
+                    }
+                    _ = sleep_until(wake), if wake.is_some() => {
+                        due = None;
                         for name in std::mem::take(&mut dirty) {
-                            me.publish("cluster.updated", &name);
+                            // A cluster deleted meanwhile has nothing left to update.
+                            if me.cache().contains_key(&name) {
+                                me.publish("cluster.updated", &name);
+                            }
                         }
                     }
                 }
@@ -297,7 +321,9 @@ impl Clusters {
         });
     }
 
-    async fn drop_member(&self, machine: Uuid) {
+    /// Removes a deleted machine from every cluster holding it (stored first); returns those
+    /// clusters, whose update the caller announces.
+    async fn drop_member(&self, machine: Uuid) -> Vec<String> {
         let _w = self.writes.lock().await;
         let id = machine.to_string();
         let affected: Vec<ClusterRecord> = self
@@ -306,13 +332,25 @@ impl Clusters {
             .filter(|c| c.machines.contains(&id))
             .cloned()
             .collect();
+        let mut changed = Vec::new();
         for mut rec in affected {
             rec.machines.retain(|m| *m != id);
             rec.updated_at = now_iso();
-            if let Err(e) = self.store(rec, None).await {
-                tracing::error!(error = %e, "cannot remove a deleted machine from its cluster");
+            let name = rec.name.clone();
+            match self.save(rec, None).await {
+                Ok(()) => changed.push(name),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot remove a deleted machine from its cluster")
+                }
             }
         }
+        changed
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
 }
 

@@ -133,7 +133,9 @@ fn serve(
         let hosts = hosts::Hosts::new(&config.storage.data_dir)
             .map_err(|e| format!("cannot record this host's id: {e}"))?;
         hosts.start_local_sampler(Duration::from_secs(config.hosts.metrics_interval.max(1)));
-        let alerts = alerts::Alerts::new(db.clone(), config.alerts.clone());
+        let alerts = alerts::Alerts::load(db.clone(), config.alerts.clone(), &machines)
+            .await
+            .map_err(|e| format!("cannot read the alert history: {e}"))?;
         alerts.start(&hosts, &machines);
         let state = state::AppState::new(state::Parts {
             config,

@@ -21,6 +21,10 @@ pub struct AlertRecord {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_uuid: Option<String>,
+    /// What the alert is about (`disk:{host}:{mount}`, `memory:{host}`, `offline:{host}`,
+    /// `boot:{machine}`): one subject has at most one active alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub timestamp: String,
 }
 
@@ -38,6 +42,26 @@ impl Db {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The alerts whose latest record is a raise, oldest first: the active set to resume
+    /// after a restart.
+    pub fn raised_alerts(&self) -> DbResult<Vec<AlertRecord>> {
+        let tx = self.inner.begin_read()?;
+        let table = tx.open_table(ALERTS)?;
+        let mut latest: std::collections::HashMap<String, (u64, AlertRecord)> =
+            std::collections::HashMap::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let record: AlertRecord = decode(v.value(), "alert")?;
+            latest.insert(record.alert_id.clone(), (k.value(), record));
+        }
+        let mut raised: Vec<(u64, AlertRecord)> = latest
+            .into_values()
+            .filter(|(_, r)| r.state == "raised")
+            .collect();
+        raised.sort_by_key(|(seq, _)| *seq);
+        Ok(raised.into_iter().map(|(_, r)| r).collect())
     }
 
     /// The newest `limit` records, newest first.

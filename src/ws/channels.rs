@@ -452,8 +452,8 @@ fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Control, text: &str)
                 return;
             }
             let filters = Filters::parse(&msg.filters);
-            sub.channels.insert(channel, filters.clone());
-            drop(subs);
+            // The response and the first events are queued before the hub lock is released,
+            // so no live event of this channel can overtake them.
             ctl.send(reply(
                 "response",
                 channel.name(),
@@ -461,6 +461,8 @@ fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Control, text: &str)
                 mid,
             ));
             initial(state, channel, &filters, ctl);
+            sub.channels.insert(channel, filters);
+            drop(subs);
         }
         "command" => {
             let host = msg.data.get("host_id").cloned().unwrap_or(Value::Null);

@@ -1017,6 +1017,62 @@ async fn a_memory_warning_is_raised() {
     assert_eq!(e["data"]["host_id"], host, "{e}");
 }
 
+/// An alert still raised when the daemon stops is resumed on the next start: when its
+/// condition has ended it is cleared under its own id, and it is never raised a second time.
+#[tokio::test]
+async fn a_raised_alert_survives_a_restart_and_clears_under_its_id() {
+    let mut d = daemon(&[
+        ("ORCHARD_HOSTS_METRICS_INTERVAL", "1"),
+        ("ORCHARD_ALERTS_DISK_WARNING", "1000"),
+        ("ORCHARD_ALERTS_DISK_CRITICAL", "1001"),
+        ("ORCHARD_ALERTS_MEMORY_WARNING", "0.01"),
+        ("ORCHARD_ALERTS_MEMORY_CRITICAL", "1000"),
+    ]);
+    let admin = d.admin_token().await;
+    let raised = wait_active(&d, &admin, "memory").await;
+    let id = raised["alert_id"].as_str().unwrap_or_default().to_owned();
+    assert!(!id.is_empty(), "{raised}");
+
+    // Still raised across a restart with the same rules: the same alert stays active.
+    d.restart();
+    let admin = d.admin_token().await;
+    let again = wait_active(&d, &admin, "memory").await;
+    assert_eq!(
+        again["alert_id"],
+        id.as_str(),
+        "the same alert resumes: {again}"
+    );
+
+    // Now the condition ends (no threshold can be reached): it clears under its own id.
+    d.set_env("ORCHARD_ALERTS_MEMORY_WARNING", "1000");
+    d.set_env("ORCHARD_ALERTS_MEMORY_CRITICAL", "1001");
+    d.restart();
+    let admin = d.admin_token().await;
+    let history = crate::harness::eventually(T, "the memory alert to clear", || async {
+        let a = alerts(&d, &admin).await;
+        let cleared = a["history"].as_array().is_some_and(|h| {
+            h.iter()
+                .any(|x| x["alert_id"] == id.as_str() && x["state"] == "cleared")
+        });
+        cleared.then_some(a)
+    })
+    .await;
+    let active = history["active"].as_array().cloned().unwrap_or_default();
+    assert!(
+        active.iter().all(|x| x["category"] != "memory"),
+        "no memory alert is active: {history}"
+    );
+    let raises = history["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|x| x["category"] == "memory" && x["state"] == "raised")
+                .count()
+        })
+        .unwrap_or_default();
+    assert_eq!(raises, 1, "raised once, never again: {history}");
+}
+
 #[tokio::test]
 async fn severity_filter_receives_only_that_severity() {
     let mut env = DISK_ALERT_ENV.to_vec();
