@@ -286,12 +286,23 @@ async fn conformance(b: &Backend, rx: &mut UnboundedReceiver<PluginMsg>, r: &mut
         }
         Err(e) => r.fail("power start", e.to_string()),
     }
+    power_cycle(b, rx, r, &uuid, events).await;
     if b.has_capability(capability::CONSOLE) {
         match b.console_open(uuid.clone()).await {
             Ok(opened) => {
                 r.ok("console_open", "");
                 let session = opened.session.clone();
-                let _ = b.console_write(session.clone(), b"\r".to_vec()).await;
+                match b.console_resize(session.clone(), 100, 30).await {
+                    Ok(()) => r.ok("console_resize", "100x30"),
+                    Err(crate::backends::BackendError::Unsupported(_)) => {
+                        r.skip("console_resize", "not implemented")
+                    }
+                    Err(e) => r.fail("console_resize", e.to_string()),
+                }
+                match b.console_write(session.clone(), b"\r".to_vec()).await {
+                    Ok(()) => r.ok("console_write", ""),
+                    Err(e) => r.fail("console_write", e.to_string()),
+                }
                 let got = wait(
                     rx,
                     |m| matches!(m, PluginMsg::Console { session: s, .. } if *s == session),
@@ -328,6 +339,7 @@ async fn conformance(b: &Backend, rx: &mut UnboundedReceiver<PluginMsg>, r: &mut
         }
         Err(e) => r.fail("power stop", e.to_string()),
     }
+    force_off(b, rx, r, &uuid, events).await;
     if b.has_capability(capability::DELETE) {
         match b.delete(uuid.clone()).await {
             Ok(()) => match b.list_machines().await {
@@ -344,6 +356,85 @@ async fn conformance(b: &Backend, rx: &mut UnboundedReceiver<PluginMsg>, r: &mut
         );
     }
     b.is_failed()
+}
+
+/// Suspend, resume and restart on the running machine the check created. Each needs the
+/// previous transition finished, which only events tell.
+async fn power_cycle(
+    b: &Backend,
+    rx: &mut UnboundedReceiver<PluginMsg>,
+    r: &mut Report,
+    uuid: &str,
+    events: bool,
+) {
+    if !events {
+        r.skip(
+            "power suspend, resume, restart",
+            "needs the events capability (to know when a transition has finished)",
+        );
+        return;
+    }
+    for (name, action) in [
+        ("power suspend", PowerAction::Suspend),
+        ("power resume", PowerAction::Resume),
+    ] {
+        match b.power(uuid.to_owned(), action).await {
+            Ok(()) => r.ok(name, ""),
+            Err(e) => r.fail(name, e.to_string()),
+        }
+    }
+    match b.power(uuid.to_owned(), PowerAction::Restart).await {
+        Ok(()) => {
+            r.ok("power restart", "");
+            expect_event(
+                rx,
+                r,
+                "restart: event shutdown_success",
+                |e| matches!(e, Event::ShutdownSuccess { uuid: u } if u == uuid),
+            )
+            .await;
+            expect_event(
+                rx,
+                r,
+                "restart: event boot_success",
+                |e| matches!(e, Event::BootSuccess { uuid: u } if u == uuid),
+            )
+            .await;
+        }
+        Err(e) => r.fail("power restart", e.to_string()),
+    }
+}
+
+/// Starts the (stopped) machine again and forces it off.
+async fn force_off(
+    b: &Backend,
+    rx: &mut UnboundedReceiver<PluginMsg>,
+    r: &mut Report,
+    uuid: &str,
+    events: bool,
+) {
+    if !events {
+        r.skip(
+            "power force_off",
+            "needs the events capability (to know the machine is running first)",
+        );
+        return;
+    }
+    if let Err(e) = b.power(uuid.to_owned(), PowerAction::Start).await {
+        r.fail("power force_off", format!("starting again: {e}"));
+        return;
+    }
+    expect_event(
+        rx,
+        r,
+        "start again: event boot_success",
+        |e| matches!(e, Event::BootSuccess { uuid: u } if u == uuid),
+    )
+    .await;
+    match b.power(uuid.to_owned(), PowerAction::ForceOff).await {
+        Ok(()) => r.ok("power force_off", ""),
+        Err(e) => r.fail("power force_off", e.to_string()),
+    }
 }
 
 async fn expect_event(

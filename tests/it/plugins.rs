@@ -389,7 +389,19 @@ fn plugin_check_exercises_the_simulator_plugin() {
         ],
     );
     let lines = assert_check_passed(&out);
-    for step in ["create", "power", "console", "delete"] {
+    for step in [
+        "create",
+        "power start",
+        "power suspend",
+        "power resume",
+        "power restart",
+        "power stop",
+        "power force_off",
+        "console_resize",
+        "console_write",
+        "console output",
+        "delete",
+    ] {
         assert!(
             lines
                 .iter()
