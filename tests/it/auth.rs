@@ -100,6 +100,39 @@ async fn login_returns_bearer_jwt() {
     );
 }
 
+/// Request logs show query strings with every value replaced by `***`, so a token passed
+/// as `?access_token=` (REST) or `?token=` (WebSocket) never reaches the log, even at debug.
+#[tokio::test]
+async fn tokens_in_query_strings_never_reach_the_log() {
+    let d = Daemon::builder().env("ORCHARD_LOG_LEVEL", "debug").start();
+    let token = d.admin_token().await;
+    let r = d
+        .get(&format!("/api/machines?access_token={token}&x=1"), None)
+        .await;
+    assert_eq!(
+        r.status, 401,
+        "a query token is not a credential for REST: {}",
+        r.text
+    );
+    let ws = crate::wsclient::Connect::new(&d, "/ws/machines/global")
+        .token_param(&token)
+        .open()
+        .await;
+    drop(ws);
+    d.get("/healthz", None).await;
+    let logs =
+        crate::harness::eventually(Duration::from_secs(5), "the request log line", || async {
+            let logs = d.logs();
+            logs.contains("access_token=***").then_some(logs)
+        })
+        .await;
+    assert!(logs.contains("x=***"), "every value is redacted:\n{logs}");
+    assert!(
+        !logs.contains(&token),
+        "a token appears in the log:\n{logs}"
+    );
+}
+
 #[tokio::test]
 async fn bad_password_and_unknown_user_get_identical_401() {
     let d = Daemon::start();
