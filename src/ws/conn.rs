@@ -52,15 +52,40 @@ impl CloseWith {
 /// The queue is a plain deque behind a mutex, taken whole by the socket task: an idle
 /// socket holds no queue allocation at all (a channel would keep a block of slots).
 pub struct Control {
-    queue: Mutex<VecDeque<Text>>,
+    queue: Mutex<Queue>,
     capacity: usize,
     wake: Notify,
     close: Mutex<Option<CloseWith>>,
-    latest: Mutex<Option<Text>>,
     closed: AtomicBool,
     /// Set while a write waits for the peer (its receive window is full): the sign of a
     /// client that does not keep up, as opposed to a server that has not run it yet.
     blocked: AtomicBool,
+}
+
+/// The messages waiting for one socket, in the order they were queued. The pending periodic
+/// snapshot (if any) sits among them at the place it was set: a newer snapshot replaces it
+/// and moves to the back, behind everything queued before it (so a `CREATE` or an initial
+/// `DATA_STATIC` never arrives after a snapshot that already shows that machine).
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Text>,
+    /// Where the pending snapshot is in `items`.
+    snapshot: Option<usize>,
+}
+
+impl Queue {
+    fn set_snapshot(&mut self, msg: Text) {
+        if let Some(i) = self.snapshot.take() {
+            self.items.remove(i);
+        }
+        self.items.push_back(msg);
+        self.snapshot = Some(self.items.len() - 1);
+    }
+
+    fn take(&mut self) -> VecDeque<Text> {
+        self.snapshot = None;
+        std::mem::take(&mut self.items)
+    }
 }
 
 /// How far past its capacity a queue may grow while its socket's writes still go through
@@ -71,11 +96,10 @@ impl Control {
     /// A control whose queue holds at most `capacity` messages.
     pub fn new(capacity: usize) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
             wake: Notify::new(),
             close: Mutex::new(None),
-            latest: Mutex::new(None),
             closed: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
         })
@@ -99,10 +123,9 @@ impl Control {
             return false;
         }
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let over = q.len() >= self.capacity;
-        if over
-            && (self.blocked.load(Ordering::Relaxed) || q.len() >= self.capacity * BACKLOG_FACTOR)
-        {
+        let len = q.items.len();
+        let over = len >= self.capacity;
+        if over && (self.blocked.load(Ordering::Relaxed) || len >= self.capacity * BACKLOG_FACTOR) {
             drop(q);
             self.close(CloseWith::new(
                 code::TOO_SLOW,
@@ -110,7 +133,7 @@ impl Control {
             ));
             return false;
         }
-        q.push_back(msg);
+        q.items.push_back(msg);
         true
     }
 
@@ -120,18 +143,23 @@ impl Control {
             .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .items
             .is_empty();
         if pending {
             self.wake.notify_one();
         }
     }
 
-    /// Replaces the pending periodic snapshot (latest wins).
+    /// Replaces the pending periodic snapshot (latest wins); it goes out after everything
+    /// queued before it.
     pub fn set_latest(&self, msg: Text) {
         if self.is_closed() {
             return;
         }
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_snapshot(msg);
         self.wake.notify_one();
     }
 
@@ -153,14 +181,9 @@ impl Control {
         self.close.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Everything pending: the latest snapshot first, then the queue in order.
-    fn take_batch(&self) -> Vec<Text> {
-        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let queued = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut batch = Vec::with_capacity(queued.len() + 1);
-        batch.extend(latest);
-        batch.extend(queued);
-        batch
+    /// Everything pending, in order.
+    fn take_batch(&self) -> VecDeque<Text> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -264,7 +287,7 @@ pub async fn run<S>(
         }
     };
     ctl.closed.store(true, Ordering::Relaxed);
-    ctl.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    drop(ctl.take_batch());
     if let Some(c) = close {
         ws.queue_close(c.code, &c.reason);
         if matches!(
@@ -282,7 +305,7 @@ pub async fn run<S>(
 async fn write<S>(
     ws: &mut WebSocket<S>,
     ctl: &Control,
-    batch: Vec<Text>,
+    batch: VecDeque<Text>,
     deadline: Duration,
 ) -> bool
 where
@@ -314,5 +337,46 @@ where
     if matches!(tokio::time::timeout(deadline, ws.flush()).await, Ok(Ok(()))) {
         // Give the peer a moment to answer the close so the frame is not lost to a reset.
         let _ = tokio::time::timeout(Duration::from_secs(2), ws.drain_until_closed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(batch: VecDeque<Text>) -> Vec<String> {
+        batch
+            .into_iter()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_goes_after_what_was_queued_before_it() {
+        let ctl = Control::new(16);
+        for m in ["STATIC", "DYNAMIC0", "DISKS", "CONNECTIONS"] {
+            ctl.push(Text::from(m));
+        }
+        ctl.set_latest(Text::from("DYNAMIC1"));
+        assert_eq!(
+            texts(ctl.take_batch()),
+            ["STATIC", "DYNAMIC0", "DISKS", "CONNECTIONS", "DYNAMIC1"]
+        );
+        assert!(ctl.take_batch().is_empty());
+    }
+
+    #[test]
+    fn the_latest_snapshot_replaces_the_pending_one_behind_newer_messages() {
+        let ctl = Control::new(16);
+        ctl.push(Text::from("A"));
+        ctl.set_latest(Text::from("SNAP1"));
+        ctl.push(Text::from("CREATE"));
+        ctl.set_latest(Text::from("SNAP2"));
+        ctl.push(Text::from("B"));
+        assert_eq!(texts(ctl.take_batch()), ["A", "CREATE", "SNAP2", "B"]);
+        // After a take, a new snapshot starts afresh.
+        ctl.set_latest(Text::from("SNAP3"));
+        ctl.set_latest(Text::from("SNAP4"));
+        assert_eq!(texts(ctl.take_batch()), ["SNAP4"]);
     }
 }
