@@ -217,7 +217,10 @@ pub async fn run<S>(
     let mut ping =
         tokio::time::interval_at(Instant::now() + opts.ping_interval, opts.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
+    // The peer is dropped exactly when `idle_timeout` of silence has passed, not at the next
+    // ping tick after it.
+    let silence = tokio::time::sleep(opts.idle_timeout);
+    tokio::pin!(silence);
     let expiry = async {
         match opts.expires_at {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -248,8 +251,12 @@ pub async fn run<S>(
                     break close;
                 }
             }
+            () = &mut silence => {
+                tracing::debug!("websocket peer silent; dropped");
+                break None;
+            }
             incoming = ws.read() => {
-                last_heard = Instant::now();
+                silence.as_mut().reset(Instant::now() + opts.idle_timeout);
                 match incoming {
                     Ok(Incoming::Text(t)) => match on_text(&t) {
                         Reply::Continue => {}
@@ -275,10 +282,6 @@ pub async fn run<S>(
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() >= opts.idle_timeout {
-                    tracing::debug!("websocket peer silent; dropped");
-                    break None;
-                }
                 ws.queue_ping();
                 if !matches!(tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await, Ok(Ok(()))) {
                     break None;

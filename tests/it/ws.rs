@@ -1415,3 +1415,31 @@ async fn keepalive_pings_keep_answering_clients_and_drop_silent_ones() {
     // Still connected after 6 s (three idle timeouts): and still served.
     live.next_of_type("DATA_DYNAMIC", T).await;
 }
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_when_the_silence_deadline_passes_not_at_the_next_ping() {
+    // Pings every 30 s, silence allowed for 2 s: the silent client must go at ~2 s, long
+    // before the first ping tick could notice it.
+    let d = daemon(&[
+        ("ORCHARD_WS_PING_INTERVAL", "30"),
+        ("ORCHARD_WS_IDLE_TIMEOUT", "2"),
+    ]);
+    let admin = d.admin_token().await;
+    let mut raw = RawClient::handshake(&d, &format!("{ACCOUNT}?access_token={admin}")).await;
+    let t0 = Instant::now();
+    let dropped = raw.read_until_dropped(Duration::from_secs(20)).await;
+    let after = t0.elapsed();
+    assert!(
+        dropped,
+        "a client silent for 20 s (idle timeout 2 s, ping interval 30 s) is still connected"
+    );
+    assert!(
+        after >= Duration::from_millis(1500),
+        "silent client dropped after {after:?}, before the 2 s idle timeout"
+    );
+    assert!(
+        !raw.opcodes.contains(&OP_PING),
+        "dropped at a ping tick, not at the silence deadline: opcodes {:?}",
+        raw.opcodes
+    );
+}
