@@ -196,6 +196,10 @@ pub struct Options {
     pub write_deadline: Duration,
     /// Close with 4401 at this instant (the token's `exp`).
     pub expires_at: Option<Instant>,
+    /// The message an API sends just before a close frame with this code, if any (E's
+    /// `AUTH_ERROR` before 4401/4403, whether the close comes from expiry, revocation or a
+    /// lost permission).
+    pub farewell: Option<fn(&CloseWith) -> Option<Text>>,
 }
 
 /// What a handler wants after a client message.
@@ -292,6 +296,9 @@ pub async fn run<S>(
     ctl.closed.store(true, Ordering::Relaxed);
     drop(ctl.take_batch());
     if let Some(c) = close {
+        if let Some(m) = opts.farewell.and_then(|f| f(&c)) {
+            ws.queue_text(m);
+        }
         ws.queue_close(c.code, &c.reason);
         if matches!(
             tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await,
