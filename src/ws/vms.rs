@@ -23,8 +23,6 @@ use crate::model::{Permission, User, now_iso};
 use crate::state::AppState;
 
 const MIB: u64 = 1024 * 1024;
-/// How long a command may take to complete before it is answered as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -710,8 +708,9 @@ impl Handler {
         let uuid = self.uuid;
         let state = self.state.clone();
         let username = user.username;
+        let timeout = Duration::from_secs(self.state.config.vms.command_timeout.max(1));
         tokio::spawn(async move {
-            let (success, text) = carry_out(&machines, uuid, action).await;
+            let (success, text) = carry_out(&machines, uuid, action, timeout).await;
             if success {
                 audit(
                     &state,
@@ -729,20 +728,72 @@ impl Handler {
     }
 }
 
-/// Runs an action and waits for it to complete: `(success, message)`.
-async fn carry_out(machines: &Machines, uuid: Uuid, action: PowerAction) -> (bool, String) {
+/// Whether `action`, issued when the machine's status epoch was `epoch`, shows as complete
+/// in the registry's view `m` of the machine: `Some(Ok)` done, `Some(Err)` failed, `None`
+/// not yet (or not to be told from the status alone). Used when events may have been missed.
+fn settled(action: PowerAction, epoch: u64, m: Option<&Machine>) -> Option<Result<(), String>> {
+    let Some(m) = m else {
+        return Some(Err("the machine was deleted".to_owned()));
+    };
+    let status = m.state.as_ref().map(|s| s.status)?;
+    let moved = m.status_epoch > epoch;
+    let done = match action {
+        PowerAction::Start | PowerAction::Resume => status == MachineStatus::Running,
+        PowerAction::Stop | PowerAction::ForceOff => status == MachineStatus::Stopped,
+        // Running before and after: only a status change in between tells it happened.
+        PowerAction::Restart => moved && status == MachineStatus::Running,
+        PowerAction::Suspend => {
+            matches!(status, MachineStatus::Suspended | MachineStatus::Paused)
+        }
+    };
+    if done {
+        Some(Ok(()))
+    } else if moved && status == MachineStatus::Error {
+        Some(Err("the machine is in error".to_owned()))
+    } else {
+        None
+    }
+}
+
+/// Runs an action and waits, at most `timeout`, for it to complete: `(success, message)`.
+async fn carry_out(
+    machines: &Machines,
+    uuid: Uuid,
+    action: PowerAction,
+    timeout: Duration,
+) -> (bool, String) {
     let mut rx = machines.subscribe();
+    let epoch = machines.get(uuid).map_or(0, |m| m.status_epoch);
     if let Err(e) = machines.power(uuid, action).await {
         return (false, format!("Command '{}' failed: {e}", action.as_str()));
     }
     let done = async {
+        // After missed events the outcome may be among them: the registry's current status
+        // decides then, and on every status change after.
+        let mut lagged = false;
         loop {
             let e = match rx.recv().await {
                 Ok(e) => e,
-                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "a VM command missed machine events; re-checking"
+                    );
+                    lagged = true;
+                    if let Some(outcome) = settled(action, epoch, machines.get(uuid).as_ref()) {
+                        return outcome;
+                    }
+                    continue;
+                }
                 Err(RecvError::Closed) => return Err("the server is shutting down".to_owned()),
             };
             use MachineEvent as E;
+            if lagged
+                && matches!(&e, E::StatusChanged { uuid: u, .. } if *u == uuid)
+                && let Some(outcome) = settled(action, epoch, machines.get(uuid).as_ref())
+            {
+                return outcome;
+            }
             match (action, e) {
                 (PowerAction::Start | PowerAction::Restart, E::BootSuccess { uuid: u })
                     if u == uuid =>
@@ -800,7 +851,7 @@ async fn carry_out(machines: &Machines, uuid: Uuid, action: PowerAction) -> (boo
             );
         }
     }
-    match tokio::time::timeout(COMMAND_TIMEOUT, done).await {
+    match tokio::time::timeout(timeout, done).await {
         Ok(Ok(())) => (
             true,
             format!("Command '{}' completed successfully", action.as_str()),
@@ -839,6 +890,50 @@ mod tests {
         );
         assert_eq!(route("/ws/vms/"), None);
         assert_eq!(route("/ws/vms/a/b"), None);
+    }
+
+    fn machine(status: &str, epoch: u64) -> Machine {
+        let info = serde_json::from_value(json!({
+            "uuid": "u", "title": "t", "kind": "vm", "vcpu": 1, "ram_max_mib": 1,
+        }))
+        .unwrap();
+        let state = serde_json::from_value(json!({
+            "uuid": "u", "status": status, "vcpu": 1, "cpu_percent": 0.0, "ram_max_mib": 1,
+            "ram_used_mib": 0, "boot_timestamp": null, "net_rx_bytes": 0, "net_tx_bytes": 0,
+            "disk_read_bytes": 0, "disk_write_bytes": 0,
+        }))
+        .unwrap();
+        Machine {
+            uuid: Uuid::new_v4(),
+            backend: Arc::from("sim"),
+            info,
+            state: Some(state),
+            disks: None,
+            connections: Vec::new(),
+            relations: Default::default(),
+            status_epoch: epoch,
+            status_since: None,
+        }
+    }
+
+    #[test]
+    fn after_missed_events_the_registry_status_tells_the_outcome() {
+        use PowerAction as A;
+        let done = |a, epoch, m: &Machine| settled(a, epoch, Some(m));
+        assert_eq!(done(A::Start, 1, &machine("running", 3)), Some(Ok(())));
+        assert_eq!(done(A::Start, 1, &machine("booting", 2)), None);
+        assert!(matches!(
+            done(A::Start, 1, &machine("error", 2)),
+            Some(Err(_))
+        ));
+        assert_eq!(done(A::Stop, 1, &machine("stopped", 2)), Some(Ok(())));
+        assert_eq!(done(A::Stop, 1, &machine("shutting_down", 2)), None);
+        assert_eq!(done(A::Suspend, 1, &machine("suspended", 2)), Some(Ok(())));
+        assert_eq!(done(A::Resume, 1, &machine("running", 2)), Some(Ok(())));
+        // A restart is done once the machine is running again after a change, not before.
+        assert_eq!(done(A::Restart, 1, &machine("running", 1)), None);
+        assert_eq!(done(A::Restart, 1, &machine("running", 4)), Some(Ok(())));
+        assert!(matches!(settled(A::Start, 1, None), Some(Err(_))));
     }
 
     #[test]

@@ -1217,3 +1217,29 @@ async fn expiry_sends_auth_error_before_4401() {
         .unwrap_or_else(|| panic!("no message before the expiry close"));
     assert_error(last, "AUTH_ERROR");
 }
+
+#[tokio::test]
+async fn a_command_that_outlasts_vms_command_timeout_is_answered_as_failed() {
+    // Boots take 8 s here, commands may take 1 s.
+    let d = daemon(&[
+        ("ORCHARD_VMS_COMMAND_TIMEOUT", "1"),
+        ("ORCHARD_SIMULATOR_BOOT_MS", "8000"),
+    ]);
+    let admin = d.admin_token().await;
+    new_vm(&d, &admin, "it-slow-boot").await;
+    let mut s = open_monitor(&d, "it-slow-boot", "it-slow-boot", &admin).await;
+    s.send_json(&command("start", Some("cmd-slow"))).await;
+    let resp = s
+        .recv_where(Duration::from_secs(6), "the response to start", |v| {
+            is_response_to(v, "cmd-slow")
+        })
+        .await;
+    assert_response(&resp);
+    assert_eq!(resp["data"]["success"], false, "{resp}");
+    assert!(
+        resp["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not complete in time")),
+        "{resp}"
+    );
+}
