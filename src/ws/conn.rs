@@ -127,10 +127,12 @@ impl Control {
         let over = len >= self.capacity;
         if over && (self.blocked.load(Ordering::Relaxed) || len >= self.capacity * BACKLOG_FACTOR) {
             drop(q);
-            self.close(CloseWith::new(
+            if self.close(CloseWith::new(
                 code::TOO_SLOW,
                 "client too slow: send queue full",
-            ));
+            )) {
+                tracing::info!("websocket client too slow (send queue full); closing 4008");
+            }
             return false;
         }
         q.items.push_back(msg);
@@ -163,14 +165,25 @@ impl Control {
         self.wake.notify_one();
     }
 
-    /// Asks the socket to close; the first request wins.
-    pub fn close(&self, with: CloseWith) {
+    /// Asks the socket to close; the first request wins (`true` for it).
+    pub fn close(&self, with: CloseWith) -> bool {
         let mut c = self.close.lock().unwrap_or_else(|p| p.into_inner());
-        if c.is_none() {
+        let first = c.is_none();
+        if first {
             *c = Some(with);
         }
         drop(c);
         self.wake.notify_one();
+        first
+    }
+
+    /// The code of a pending close request, without taking it.
+    fn close_requested(&self) -> Option<u16> {
+        self.close
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.code)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -247,8 +260,12 @@ pub async fn run<S>(
                 let close = ctl.take_close();
                 if close.as_ref().is_none_or(|c| c.code != code::TOO_SLOW) {
                     let batch = ctl.take_batch();
-                    if !batch.is_empty() && !Box::pin(write(&mut ws, &ctl, batch, opts.write_deadline)).await {
-                        break None;
+                    if !batch.is_empty() {
+                        match Box::pin(write(&mut ws, &ctl, batch, opts.write_deadline)).await {
+                            Wrote::Done => {}
+                            Wrote::Failed => break None,
+                            Wrote::TooSlow => break ctl.take_close(),
+                        }
                     }
                 }
                 if close.is_some() {
@@ -296,6 +313,12 @@ pub async fn run<S>(
     ctl.closed.store(true, Ordering::Relaxed);
     drop(ctl.take_batch());
     if let Some(c) = close {
+        if c.code == code::TOO_SLOW {
+            // Nothing more for a client that cannot keep up: only the rest of the frame in
+            // progress, then the close. It arrives if the client reads again within the
+            // write deadline; one that has stopped reading altogether is dropped then.
+            ws.discard_unsent();
+        }
         if let Some(m) = opts.farewell.and_then(|f| f(&c)) {
             ws.queue_text(m);
         }
@@ -310,28 +333,62 @@ pub async fn run<S>(
     }
 }
 
+/// How a write ended.
+enum Wrote {
+    Done,
+    /// The connection failed or the write deadline passed.
+    Failed,
+    /// The queue overflowed while the write waited for the peer (a 4008 close is pending).
+    TooSlow,
+}
+
 /// Queues the batch and flushes once, within the write deadline. While the write waits for
-/// the peer, the control is marked blocked.
+/// the peer, the control is marked blocked; an overflow meanwhile ends the wait at once, so
+/// that the 4008 close can be queued behind the frame in progress.
 async fn write<S>(
     ws: &mut WebSocket<S>,
     ctl: &Control,
     batch: VecDeque<Text>,
     deadline: Duration,
-) -> bool
+) -> Wrote
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     for m in batch {
         ws.queue_text(m);
     }
+    let ended = |r: std::io::Result<()>| {
+        if r.is_ok() {
+            Wrote::Done
+        } else {
+            Wrote::Failed
+        }
+    };
     let mut flush = Box::pin(ws.flush());
     if let Some(done) = futures_util::future::poll_immediate(&mut flush).await {
-        return done.is_ok();
+        return ended(done);
     }
     ctl.blocked.store(true, Ordering::Relaxed);
-    let done = tokio::time::timeout(deadline, flush).await;
+    let until = Instant::now() + deadline;
+    // A wake for new messages is passed on to the main loop once this write is done.
+    let mut rewake = false;
+    let wrote = loop {
+        tokio::select! {
+            done = &mut flush => break ended(done),
+            () = tokio::time::sleep_until(until) => break Wrote::Failed,
+            () = ctl.wake.notified() => {
+                if ctl.close_requested() == Some(code::TOO_SLOW) {
+                    break Wrote::TooSlow;
+                }
+                rewake = true;
+            }
+        }
+    };
     ctl.blocked.store(false, Ordering::Relaxed);
-    matches!(done, Ok(Ok(())))
+    if rewake {
+        ctl.wake.notify_one();
+    }
+    wrote
 }
 
 /// Sends one close frame on a socket that never entered [`run`] (refused after upgrade).
@@ -359,6 +416,49 @@ mod tests {
             .into_iter()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn an_overflow_during_a_blocked_write_closes_4008_right_after_the_frame_in_progress() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        let ctl = Control::new(2);
+        let opts = Options {
+            ping_interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            write_deadline: Duration::from_secs(10),
+            expires_at: None,
+            farewell: None,
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            WebSocket::new(server, 1024),
+            ctl.clone(),
+            opts,
+            shutdown,
+            |_| Reply::Continue,
+        ));
+        let msg = |c: u8| Text::from(vec![c; 100]);
+        for c in [b'a', b'b', b'c'] {
+            ctl.send(msg(c));
+        }
+        // The client reads nothing: the write of the first frame blocks.
+        while !ctl.blocked.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+        for c in [b'd', b'e', b'f'] {
+            ctl.push(msg(c));
+        }
+        // Reading again, the client gets the frame in progress, then the close at once.
+        let reason = "client too slow: send queue full";
+        let mut got = vec![0u8; 102 + 4 + reason.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..2], &[0x81, 100]);
+        assert!(got[2..102].iter().all(|&b| b == b'a'));
+        assert_eq!(got[102], 0x88, "the close follows the frame in progress");
+        assert_eq!(&got[104..106], &code::TOO_SLOW.to_be_bytes());
+        drop(client);
+        task.await.unwrap();
     }
 
     #[test]
