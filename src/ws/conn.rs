@@ -178,7 +178,7 @@ impl Control {
     }
 
     /// The code of a pending close request, without taking it.
-    fn close_requested(&self) -> Option<u16> {
+    pub(crate) fn close_requested(&self) -> Option<u16> {
         self.close
             .lock()
             .unwrap_or_else(|p| p.into_inner())

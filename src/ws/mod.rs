@@ -491,6 +491,32 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_between_registration_and_the_read_reaches_the_socket() {
+        let sockets = Arc::new(Sockets::new(4));
+        let ctl = Control::new(4);
+        let read = user(1, false);
+        let reg = sockets.register(read.uuid, 1, None, &ctl);
+        // The logout commits and is announced after the socket registered, while its
+        // admission's read (which saw version 1) is still in flight.
+        let bumped = User {
+            token_version: 2,
+            ..read.clone()
+        };
+        sockets.user_changed(&bumped);
+        assert_eq!(ctl.close_requested(), Some(code::UNAUTHORIZED));
+        // The older read does not overwrite the newer notification.
+        let admitted = reg.seen.admitted(without_hash(&read));
+        assert_eq!(admitted.token_version, 2);
+        assert_eq!(reg.seen.user().map(|u| u.token_version), Some(2));
+        assert!(reg.seen.user().is_some_and(|u| u.password_hash.is_empty()));
+        drop(reg);
+        assert!(
+            sockets.live.lock().unwrap().is_empty(),
+            "unregistered on drop"
+        );
+    }
+
+    #[test]
     fn a_database_error_is_a_server_error_not_a_bad_token() {
         let e = judge(Err(crate::db::DbError::Corrupt("x".into())), 1);
         assert_eq!(e.err(), Some(Refusal::ServerError));
