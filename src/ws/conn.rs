@@ -374,14 +374,16 @@ where
     let mut rewake = false;
     let wrote = loop {
         tokio::select! {
-            done = &mut flush => break ended(done),
-            () = tokio::time::sleep_until(until) => break Wrote::Failed,
+            // An overflow first: nothing more is written once it happened.
+            biased;
             () = ctl.wake.notified() => {
                 if ctl.close_requested() == Some(code::TOO_SLOW) {
                     break Wrote::TooSlow;
                 }
                 rewake = true;
             }
+            done = &mut flush => break ended(done),
+            () = tokio::time::sleep_until(until) => break Wrote::Failed,
         }
     };
     ctl.blocked.store(false, Ordering::Relaxed);
