@@ -226,6 +226,8 @@ impl Default for Machines {
 pub struct Vms {
     pub metrics_interval: u64,
     pub ping_interval: u64,
+    /// Seconds a `command` may take to complete before it is answered as failed.
+    pub command_timeout: u64,
 }
 
 impl Default for Vms {
@@ -233,6 +235,7 @@ impl Default for Vms {
         Self {
             metrics_interval: 5,
             ping_interval: 30,
+            command_timeout: 300,
         }
     }
 }

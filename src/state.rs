@@ -91,6 +91,20 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// A user's account changed (permissions, password, disabled, logout): the live-socket
+    /// registry first (revocation, and the latest user every socket's checks read), then
+    /// every hub's view of the user's sockets.
+    pub fn user_changed(&self, user: &crate::model::User) {
+        let user = crate::model::User {
+            password_hash: String::new(),
+            ..user.clone()
+        };
+        self.ws.user_changed(&user);
+        self.channels_hub.user_changed(&user);
+        self.machines_hub.user_changed(&user);
+        self.vms_hub.user_changed(&user);
+    }
+
     /// Announces an audited user action on the `user_activity` channel.
     pub fn announce(&self, entry: crate::db::AuditEntry) {
         let _ = self.activity.send(entry);

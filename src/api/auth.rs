@@ -119,7 +119,7 @@ pub async fn logout(req: Request) -> Result<Response> {
             )
         })
         .await?;
-    req.state.ws.user_changed(&user);
+    req.state.user_changed(&user);
     req.state.announce(announced);
     Ok(no_content())
 }

@@ -160,9 +160,7 @@ pub async fn patch(req: Request) -> Result<Response> {
         .run(move |db| db.update_user(uuid, change, Some(entry)))
         .await?;
     req.state.announce(announced);
-    req.state.channels_hub.user_changed(&user);
-    req.state.ws.user_changed(&user);
-    req.state.machines_hub.user_changed(&user);
+    req.state.user_changed(&user);
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %user.username, "user updated");
     Ok(json(StatusCode::OK, &UserView::from(&user)))
 }

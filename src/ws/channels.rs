@@ -371,19 +371,25 @@ pub async fn serve(
     token: Option<String>,
     unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let authenticated = crate::auth::authenticate(&state, token.as_deref()).await;
-    drop(unauthenticated);
-    let Ok(actor) = authenticated else {
-        conn::refuse(
-            ws,
-            Some(super::auth_failed()),
-            CloseWith::new(code::UNAUTHORIZED, "invalid token"),
-        )
-        .await;
-        return;
-    };
     let ctl = Control::new(state.config.ws.send_queue);
-    let _registration = state.ws.register(&actor, None, &ctl);
+    let admitted = super::admit(&state, token.as_deref(), None, &ctl).await;
+    drop(unauthenticated);
+    let (actor, registration) = match admitted {
+        Ok(a) => a,
+        Err(super::Refusal::BadToken) => {
+            conn::refuse(
+                ws,
+                Some(super::auth_failed()),
+                CloseWith::new(code::UNAUTHORIZED, "invalid token"),
+            )
+            .await;
+            return;
+        }
+        Err(refusal) => {
+            conn::refuse(ws, None, refusal.close()).await;
+            return;
+        }
+    };
     let hub = state.channels_hub.clone();
     let id = hub.next.fetch_add(1, Ordering::Relaxed);
     hub.lock().insert(
@@ -398,6 +404,7 @@ pub async fn serve(
         hub: hub.clone(),
         id,
     };
+    registration.settle(&state);
     let opts = super::options(&state, Some(actor.claims.exp));
     let shutdown = state.ws.shutdown.subscribe();
     let st = state.clone();

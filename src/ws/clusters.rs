@@ -89,17 +89,13 @@ pub async fn serve(
     token: Option<String>,
     unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let exp = match token {
-        Some(t) => match crate::auth::authenticate(&state, Some(&t)).await {
-            Ok(actor) => Some((actor.claims.exp, actor)),
-            Err(_) => {
+    let ctl = Control::new(state.config.ws.send_queue);
+    let admitted = match token {
+        Some(t) => match super::admit(&state, Some(&t), None, &ctl).await {
+            Ok(a) => Some(a),
+            Err(refusal) => {
                 drop(unauthenticated);
-                conn::refuse(
-                    ws,
-                    None,
-                    CloseWith::new(code::UNAUTHORIZED, "invalid token"),
-                )
-                .await;
+                conn::refuse(ws, None, refusal.close()).await;
                 return;
             }
         },
@@ -116,17 +112,15 @@ pub async fn serve(
         }
     };
     drop(unauthenticated);
-    let ctl = Control::new(state.config.ws.send_queue);
-    let _registration = exp
-        .as_ref()
-        .map(|(_, actor)| state.ws.register(actor, None, &ctl));
+    let exp = admitted.as_ref().map(|(actor, _)| actor.claims.exp);
     let _membership = state.clusters_hub.join(ctl.clone());
     let c = &state.config.clusters;
     let opts = conn::Options {
         ping_interval: Duration::from_secs(c.ping_interval.max(1)),
         idle_timeout: Duration::from_secs(c.pong_wait.max(1)),
         write_deadline: Duration::from_secs(c.write_deadline.max(1)),
-        expires_at: exp.map(|(e, _)| super::instant_of(e)),
+        expires_at: exp.map(super::instant_of),
+        farewell: None,
     };
     let shutdown = state.ws.shutdown.subscribe();
     conn::run(ws, ctl, opts, shutdown, |_| Reply::Continue).await;

@@ -52,15 +52,40 @@ impl CloseWith {
 /// The queue is a plain deque behind a mutex, taken whole by the socket task: an idle
 /// socket holds no queue allocation at all (a channel would keep a block of slots).
 pub struct Control {
-    queue: Mutex<VecDeque<Text>>,
+    queue: Mutex<Queue>,
     capacity: usize,
     wake: Notify,
     close: Mutex<Option<CloseWith>>,
-    latest: Mutex<Option<Text>>,
     closed: AtomicBool,
     /// Set while a write waits for the peer (its receive window is full): the sign of a
     /// client that does not keep up, as opposed to a server that has not run it yet.
     blocked: AtomicBool,
+}
+
+/// The messages waiting for one socket, in the order they were queued. The pending periodic
+/// snapshot (if any) sits among them at the place it was set: a newer snapshot replaces it
+/// and moves to the back, behind everything queued before it (so a `CREATE` or an initial
+/// `DATA_STATIC` never arrives after a snapshot that already shows that machine).
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Text>,
+    /// Where the pending snapshot is in `items`.
+    snapshot: Option<usize>,
+}
+
+impl Queue {
+    fn set_snapshot(&mut self, msg: Text) {
+        if let Some(i) = self.snapshot.take() {
+            self.items.remove(i);
+        }
+        self.items.push_back(msg);
+        self.snapshot = Some(self.items.len() - 1);
+    }
+
+    fn take(&mut self) -> VecDeque<Text> {
+        self.snapshot = None;
+        std::mem::take(&mut self.items)
+    }
 }
 
 /// How far past its capacity a queue may grow while its socket's writes still go through
@@ -71,11 +96,10 @@ impl Control {
     /// A control whose queue holds at most `capacity` messages.
     pub fn new(capacity: usize) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
             wake: Notify::new(),
             close: Mutex::new(None),
-            latest: Mutex::new(None),
             closed: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
         })
@@ -99,18 +123,19 @@ impl Control {
             return false;
         }
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let over = q.len() >= self.capacity;
-        if over
-            && (self.blocked.load(Ordering::Relaxed) || q.len() >= self.capacity * BACKLOG_FACTOR)
-        {
+        let len = q.items.len();
+        let over = len >= self.capacity;
+        if over && (self.blocked.load(Ordering::Relaxed) || len >= self.capacity * BACKLOG_FACTOR) {
             drop(q);
-            self.close(CloseWith::new(
+            if self.close(CloseWith::new(
                 code::TOO_SLOW,
                 "client too slow: send queue full",
-            ));
+            )) {
+                tracing::info!("websocket client too slow (send queue full); closing 4008");
+            }
             return false;
         }
-        q.push_back(msg);
+        q.items.push_back(msg);
         true
     }
 
@@ -120,29 +145,45 @@ impl Control {
             .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .items
             .is_empty();
         if pending {
             self.wake.notify_one();
         }
     }
 
-    /// Replaces the pending periodic snapshot (latest wins).
+    /// Replaces the pending periodic snapshot (latest wins); it goes out after everything
+    /// queued before it.
     pub fn set_latest(&self, msg: Text) {
         if self.is_closed() {
             return;
         }
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_snapshot(msg);
         self.wake.notify_one();
     }
 
-    /// Asks the socket to close; the first request wins.
-    pub fn close(&self, with: CloseWith) {
+    /// Asks the socket to close; the first request wins (`true` for it).
+    pub fn close(&self, with: CloseWith) -> bool {
         let mut c = self.close.lock().unwrap_or_else(|p| p.into_inner());
-        if c.is_none() {
+        let first = c.is_none();
+        if first {
             *c = Some(with);
         }
         drop(c);
         self.wake.notify_one();
+        first
+    }
+
+    /// The code of a pending close request, without taking it.
+    pub(crate) fn close_requested(&self) -> Option<u16> {
+        self.close
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.code)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -153,14 +194,9 @@ impl Control {
         self.close.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Everything pending: the latest snapshot first, then the queue in order.
-    fn take_batch(&self) -> Vec<Text> {
-        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let queued = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut batch = Vec::with_capacity(queued.len() + 1);
-        batch.extend(latest);
-        batch.extend(queued);
-        batch
+    /// Everything pending, in order.
+    fn take_batch(&self) -> VecDeque<Text> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -173,6 +209,10 @@ pub struct Options {
     pub write_deadline: Duration,
     /// Close with 4401 at this instant (the token's `exp`).
     pub expires_at: Option<Instant>,
+    /// The message an API sends just before a close frame with this code, if any (E's
+    /// `AUTH_ERROR` before 4401/4403, whether the close comes from expiry, revocation or a
+    /// lost permission).
+    pub farewell: Option<fn(&CloseWith) -> Option<Text>>,
 }
 
 /// What a handler wants after a client message.
@@ -194,7 +234,10 @@ pub async fn run<S>(
     let mut ping =
         tokio::time::interval_at(Instant::now() + opts.ping_interval, opts.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
+    // The peer is dropped exactly when `idle_timeout` of silence has passed, not at the next
+    // ping tick after it.
+    let silence = tokio::time::sleep(opts.idle_timeout);
+    tokio::pin!(silence);
     let expiry = async {
         match opts.expires_at {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -217,16 +260,24 @@ pub async fn run<S>(
                 let close = ctl.take_close();
                 if close.as_ref().is_none_or(|c| c.code != code::TOO_SLOW) {
                     let batch = ctl.take_batch();
-                    if !batch.is_empty() && !Box::pin(write(&mut ws, &ctl, batch, opts.write_deadline)).await {
-                        break None;
+                    if !batch.is_empty() {
+                        match Box::pin(write(&mut ws, &ctl, batch, opts.write_deadline)).await {
+                            Wrote::Done => {}
+                            Wrote::Failed => break None,
+                            Wrote::TooSlow => break ctl.take_close(),
+                        }
                     }
                 }
                 if close.is_some() {
                     break close;
                 }
             }
+            () = &mut silence => {
+                tracing::debug!("websocket peer silent; dropped");
+                break None;
+            }
             incoming = ws.read() => {
-                last_heard = Instant::now();
+                silence.as_mut().reset(Instant::now() + opts.idle_timeout);
                 match incoming {
                     Ok(Incoming::Text(t)) => match on_text(&t) {
                         Reply::Continue => {}
@@ -252,10 +303,6 @@ pub async fn run<S>(
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() >= opts.idle_timeout {
-                    tracing::debug!("websocket peer silent; dropped");
-                    break None;
-                }
                 ws.queue_ping();
                 if !matches!(tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await, Ok(Ok(()))) {
                     break None;
@@ -264,8 +311,17 @@ pub async fn run<S>(
         }
     };
     ctl.closed.store(true, Ordering::Relaxed);
-    ctl.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    drop(ctl.take_batch());
     if let Some(c) = close {
+        if c.code == code::TOO_SLOW {
+            // Nothing more for a client that cannot keep up: only the rest of the frame in
+            // progress, then the close. It arrives if the client reads again within the
+            // write deadline; one that has stopped reading altogether is dropped then.
+            ws.discard_unsent();
+        }
+        if let Some(m) = opts.farewell.and_then(|f| f(&c)) {
+            ws.queue_text(m);
+        }
         ws.queue_close(c.code, &c.reason);
         if matches!(
             tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await,
@@ -277,28 +333,64 @@ pub async fn run<S>(
     }
 }
 
+/// How a write ended.
+enum Wrote {
+    Done,
+    /// The connection failed or the write deadline passed.
+    Failed,
+    /// The queue overflowed while the write waited for the peer (a 4008 close is pending).
+    TooSlow,
+}
+
 /// Queues the batch and flushes once, within the write deadline. While the write waits for
-/// the peer, the control is marked blocked.
+/// the peer, the control is marked blocked; an overflow meanwhile ends the wait at once, so
+/// that the 4008 close can be queued behind the frame in progress.
 async fn write<S>(
     ws: &mut WebSocket<S>,
     ctl: &Control,
-    batch: Vec<Text>,
+    batch: VecDeque<Text>,
     deadline: Duration,
-) -> bool
+) -> Wrote
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     for m in batch {
         ws.queue_text(m);
     }
+    let ended = |r: std::io::Result<()>| {
+        if r.is_ok() {
+            Wrote::Done
+        } else {
+            Wrote::Failed
+        }
+    };
     let mut flush = Box::pin(ws.flush());
     if let Some(done) = futures_util::future::poll_immediate(&mut flush).await {
-        return done.is_ok();
+        return ended(done);
     }
     ctl.blocked.store(true, Ordering::Relaxed);
-    let done = tokio::time::timeout(deadline, flush).await;
+    let until = Instant::now() + deadline;
+    // A wake for new messages is passed on to the main loop once this write is done.
+    let mut rewake = false;
+    let wrote = loop {
+        tokio::select! {
+            // An overflow first: nothing more is written once it happened.
+            biased;
+            () = ctl.wake.notified() => {
+                if ctl.close_requested() == Some(code::TOO_SLOW) {
+                    break Wrote::TooSlow;
+                }
+                rewake = true;
+            }
+            done = &mut flush => break ended(done),
+            () = tokio::time::sleep_until(until) => break Wrote::Failed,
+        }
+    };
     ctl.blocked.store(false, Ordering::Relaxed);
-    matches!(done, Ok(Ok(())))
+    if rewake {
+        ctl.wake.notify_one();
+    }
+    wrote
 }
 
 /// Sends one close frame on a socket that never entered [`run`] (refused after upgrade).
@@ -314,5 +406,89 @@ where
     if matches!(tokio::time::timeout(deadline, ws.flush()).await, Ok(Ok(()))) {
         // Give the peer a moment to answer the close so the frame is not lost to a reset.
         let _ = tokio::time::timeout(Duration::from_secs(2), ws.drain_until_closed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(batch: VecDeque<Text>) -> Vec<String> {
+        batch
+            .into_iter()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_overflow_during_a_blocked_write_closes_4008_right_after_the_frame_in_progress() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        let ctl = Control::new(2);
+        let opts = Options {
+            ping_interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            write_deadline: Duration::from_secs(10),
+            expires_at: None,
+            farewell: None,
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            WebSocket::new(server, 1024),
+            ctl.clone(),
+            opts,
+            shutdown,
+            |_| Reply::Continue,
+        ));
+        let msg = |c: u8| Text::from(vec![c; 100]);
+        for c in [b'a', b'b', b'c'] {
+            ctl.send(msg(c));
+        }
+        // The client reads nothing: the write of the first frame blocks.
+        while !ctl.blocked.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+        for c in [b'd', b'e', b'f'] {
+            ctl.push(msg(c));
+        }
+        // Reading again, the client gets the frame in progress, then the close at once.
+        let reason = "client too slow: send queue full";
+        let mut got = vec![0u8; 102 + 4 + reason.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..2], &[0x81, 100]);
+        assert!(got[2..102].iter().all(|&b| b == b'a'));
+        assert_eq!(got[102], 0x88, "the close follows the frame in progress");
+        assert_eq!(&got[104..106], &code::TOO_SLOW.to_be_bytes());
+        drop(client);
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_goes_after_what_was_queued_before_it() {
+        let ctl = Control::new(16);
+        for m in ["STATIC", "DYNAMIC0", "DISKS", "CONNECTIONS"] {
+            ctl.push(Text::from(m));
+        }
+        ctl.set_latest(Text::from("DYNAMIC1"));
+        assert_eq!(
+            texts(ctl.take_batch()),
+            ["STATIC", "DYNAMIC0", "DISKS", "CONNECTIONS", "DYNAMIC1"]
+        );
+        assert!(ctl.take_batch().is_empty());
+    }
+
+    #[test]
+    fn the_latest_snapshot_replaces_the_pending_one_behind_newer_messages() {
+        let ctl = Control::new(16);
+        ctl.push(Text::from("A"));
+        ctl.set_latest(Text::from("SNAP1"));
+        ctl.push(Text::from("CREATE"));
+        ctl.set_latest(Text::from("SNAP2"));
+        ctl.push(Text::from("B"));
+        assert_eq!(texts(ctl.take_batch()), ["A", "CREATE", "SNAP2", "B"]);
+        // After a take, a new snapshot starts afresh.
+        ctl.set_latest(Text::from("SNAP3"));
+        ctl.set_latest(Text::from("SNAP4"));
+        assert_eq!(texts(ctl.take_batch()), ["SNAP4"]);
     }
 }

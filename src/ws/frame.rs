@@ -138,6 +138,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.closing = true;
     }
 
+    /// Drops every queued frame not yet begun; a frame partly written stays, so that the
+    /// stream remains well-formed for a close frame queued after it.
+    pub fn discard_unsent(&mut self) {
+        self.out.truncate(usize::from(self.written > 0));
+    }
+
     pub fn has_pending(&self) -> bool {
         !self.out.is_empty()
     }
@@ -427,5 +433,33 @@ mod tests {
         assert_eq!(rest[0], 0x88);
         assert_eq!(&rest[2..4], &4401u16.to_be_bytes());
         assert_eq!(&rest[4..], b"token expired");
+    }
+
+    #[tokio::test]
+    async fn discarding_keeps_the_frame_in_progress_whole() {
+        // A pipe that takes 8 bytes, then blocks: the first frame is half written.
+        let (mut client, server) = duplex(8);
+        let mut ws = WebSocket::new(server, 1024);
+        ws.queue_text(Bytes::from_static(b"0123456789"));
+        ws.queue_text(Bytes::from_static(b"never sent"));
+        let blocked = tokio::time::timeout(std::time::Duration::from_millis(50), ws.flush()).await;
+        assert!(blocked.is_err(), "the write must block on the full pipe");
+        ws.discard_unsent();
+        ws.queue_close(4008, "slow");
+        let reading = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        ws.flush().await.unwrap();
+        drop(ws);
+        let all = reading.await.unwrap();
+        assert_eq!(&all[..12], b"\x81\x0a0123456789");
+        assert_eq!(
+            all[12], 0x88,
+            "the close follows the frame in progress: {all:?}"
+        );
+        assert_eq!(&all[14..16], &4008u16.to_be_bytes());
+        assert_eq!(all.len(), 20);
     }
 }

@@ -599,21 +599,17 @@ pub async fn serve(
     query: Option<String>,
     unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let authenticated = crate::auth::authenticate(&state, token.as_deref()).await;
+    let needs = (kind == Kind::Global).then_some(Permission::ViewAllVms);
+    let ctl = Control::new(state.config.ws.send_queue);
+    let admitted = super::admit(&state, token.as_deref(), needs, &ctl).await;
     drop((unauthenticated, token));
-    let actor = match authenticated {
+    let (actor, registration) = match admitted {
         Ok(a) => a,
-        Err(_) => {
-            conn::refuse(
-                ws,
-                None,
-                CloseWith::new(code::UNAUTHORIZED, "invalid or missing token"),
-            )
-            .await;
+        Err(refusal) => {
+            conn::refuse(ws, None, refusal.close()).await;
             return;
         }
     };
-    let needs = (kind == Kind::Global).then_some(Permission::ViewAllVms);
     if needs.is_some_and(|p| !actor.has(p)) {
         conn::refuse(
             ws,
@@ -646,11 +642,10 @@ pub async fn serve(
     } else {
         BTreeSet::new()
     };
-    let ctl = Control::new(state.config.ws.send_queue);
-    let _registration = state.ws.register(&actor, needs, &ctl);
     let _membership = state
         .machines_hub
         .join(kind, actor.user.clone(), extra, stored, ctl.clone());
+    registration.settle(&state);
     let opts = super::options(&state, Some(actor.claims.exp));
     let shutdown = state.ws.shutdown.subscribe();
     conn::run(ws, ctl, opts, shutdown, |_| Reply::Continue).await;

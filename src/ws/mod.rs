@@ -245,6 +245,48 @@ pub fn options(state: &AppState, exp: Option<u64>) -> conn::Options {
         idle_timeout: std::time::Duration::from_secs(w.idle_timeout.max(1)),
         write_deadline: std::time::Duration::from_secs(w.write_deadline.max(1)),
         expires_at: exp.map(instant_of),
+        farewell: None,
+    }
+}
+
+/// What the registry knows of one socket's user: the account as of its latest change,
+/// shared with the socket's handler and hub membership so that every per-message check
+/// (a command on `/ws/vms/{name}`, say) uses the user's current permissions, never the
+/// snapshot taken at connect.
+#[derive(Default)]
+pub struct Seen {
+    user: Mutex<Option<User>>,
+    /// Bumped by every change notification.
+    changes: std::sync::atomic::AtomicU64,
+}
+
+impl Seen {
+    /// The user as last seen (read at admission, then every change).
+    pub fn user(&self) -> Option<User> {
+        self.user.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self, user: &User) {
+        *self.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(without_hash(user));
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The admission's read, unless a change notification already brought a newer one.
+    fn admitted(&self, user: User) -> User {
+        let mut u = self.user.lock().unwrap_or_else(|p| p.into_inner());
+        u.get_or_insert(user).clone()
+    }
+}
+
+fn without_hash(user: &User) -> User {
+    User {
+        password_hash: String::new(),
+        ..user.clone()
     }
 }
 
@@ -255,6 +297,7 @@ struct Entry {
     /// The permission the socket needed to open.
     needs: Option<Permission>,
     ctl: Weak<Control>,
+    seen: Arc<Seen>,
 }
 
 /// Every live socket, so that account changes reach them within the 2 s the contract allows
@@ -284,6 +327,26 @@ impl Sockets {
 pub struct Registration {
     id: u64,
     sockets: Arc<Sockets>,
+    seen: Arc<Seen>,
+    /// `seen`'s change count when the actor was taken.
+    admitted_at: u64,
+}
+
+impl Registration {
+    /// The user as the registry sees them now.
+    pub fn seen(&self) -> Arc<Seen> {
+        self.seen.clone()
+    }
+
+    /// Call once the socket has joined its hub: a change notified between admission and the
+    /// join (which the hub, not yet holding the socket, missed) is applied again.
+    pub fn settle(&self, state: &AppState) {
+        if self.seen.changes() != self.admitted_at
+            && let Some(user) = self.seen.user()
+        {
+            state.user_changed(&user);
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -296,26 +359,89 @@ impl Drop for Registration {
     }
 }
 
+/// Why a WebSocket was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Missing, malformed, expired or revoked token, or an unknown or disabled user: 4401.
+    BadToken,
+    /// The server could not check it (a database error): 1011.
+    ServerError,
+}
+
+impl Refusal {
+    pub fn close(&self) -> CloseWith {
+        match self {
+            Self::BadToken => CloseWith::new(code::UNAUTHORIZED, "invalid or missing token"),
+            Self::ServerError => CloseWith::new(code::SERVER_ERROR, "server error"),
+        }
+    }
+}
+
+/// Judges the admission's database read of the token's user.
+fn judge(
+    read: Result<Option<User>, crate::db::DbError>,
+    token_version: u64,
+) -> Result<User, Refusal> {
+    let user = match read {
+        Ok(Some(u)) => u,
+        Ok(None) => return Err(Refusal::BadToken),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a WebSocket's user");
+            return Err(Refusal::ServerError);
+        }
+    };
+    if user.disabled || user.token_version != token_version {
+        return Err(Refusal::BadToken);
+    }
+    Ok(without_hash(&user))
+}
+
+/// Admits a WebSocket: checks its token and registers the socket for revocation. The socket
+/// is registered *before* its user is read, so a revocation committed at any moment is
+/// either seen by that read or reaches the registered socket (no gap in which it is lost).
+pub async fn admit(
+    state: &AppState,
+    token: Option<&str>,
+    needs: Option<Permission>,
+    ctl: &Arc<Control>,
+) -> Result<(Actor, Registration), Refusal> {
+    let claims = token
+        .and_then(|t| state.tokens.verify(t).ok())
+        .ok_or(Refusal::BadToken)?;
+    let uuid = Uuid::parse_str(&claims.sub).map_err(|_| Refusal::BadToken)?;
+    let mut registration = state.ws.register(uuid, claims.token_version, needs, ctl);
+    let read = state.db.run(move |db| db.user_by_uuid(uuid)).await;
+    let user = judge(read, claims.token_version)?;
+    registration.admitted_at = registration.seen.changes();
+    let user = registration.seen.admitted(user);
+    Ok((Actor { user, claims }, registration))
+}
+
 impl Sockets {
-    pub fn register(
+    fn register(
         self: &Arc<Self>,
-        actor: &Actor,
+        user: Uuid,
+        token_version: u64,
         needs: Option<Permission>,
         ctl: &Arc<Control>,
     ) -> Registration {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seen = Arc::new(Seen::default());
         self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Entry {
-                user: actor.user.uuid,
-                token_version: actor.claims.token_version,
+                user,
+                token_version,
                 needs,
                 ctl: Arc::downgrade(ctl),
+                seen: seen.clone(),
             },
         );
         Registration {
             id,
             sockets: self.clone(),
+            seen,
+            admitted_at: 0,
         }
     }
 
@@ -324,6 +450,7 @@ impl Sockets {
     pub fn user_changed(&self, user: &User) {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         for e in live.values().filter(|e| e.user == user.uuid) {
+            e.seen.changed(user);
             let Some(ctl) = e.ctl.upgrade() else { continue };
             if user.disabled || user.token_version != e.token_version {
                 ctl.close(CloseWith::new(code::UNAUTHORIZED, "token revoked"));
@@ -341,5 +468,74 @@ impl Sockets {
                 ctl.close(CloseWith::new(code::UNAUTHORIZED, "user deleted"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AccountType, PermissionSet};
+
+    fn user(version: u64, disabled: bool) -> User {
+        User {
+            uuid: Uuid::new_v4(),
+            username: "u".into(),
+            account_type: AccountType::Client,
+            permissions: PermissionSet::default(),
+            disabled,
+            password_hash: "hash".into(),
+            token_version: version,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_revocation_between_registration_and_the_read_reaches_the_socket() {
+        let sockets = Arc::new(Sockets::new(4));
+        let ctl = Control::new(4);
+        let read = user(1, false);
+        let reg = sockets.register(read.uuid, 1, None, &ctl);
+        // The logout commits and is announced after the socket registered, while its
+        // admission's read (which saw version 1) is still in flight.
+        let bumped = User {
+            token_version: 2,
+            ..read.clone()
+        };
+        sockets.user_changed(&bumped);
+        assert_eq!(ctl.close_requested(), Some(code::UNAUTHORIZED));
+        // The older read does not overwrite the newer notification.
+        let admitted = reg.seen.admitted(without_hash(&read));
+        assert_eq!(admitted.token_version, 2);
+        assert_eq!(reg.seen.user().map(|u| u.token_version), Some(2));
+        assert!(reg.seen.user().is_some_and(|u| u.password_hash.is_empty()));
+        drop(reg);
+        assert!(
+            sockets.live.lock().unwrap().is_empty(),
+            "unregistered on drop"
+        );
+    }
+
+    #[test]
+    fn a_database_error_is_a_server_error_not_a_bad_token() {
+        let e = judge(Err(crate::db::DbError::Corrupt("x".into())), 1);
+        assert_eq!(e.err(), Some(Refusal::ServerError));
+        assert_eq!(Refusal::ServerError.close().code, code::SERVER_ERROR);
+        assert_eq!(Refusal::BadToken.close().code, code::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn unknown_disabled_or_revoked_users_are_bad_tokens() {
+        assert_eq!(judge(Ok(None), 1).err(), Some(Refusal::BadToken));
+        assert_eq!(
+            judge(Ok(Some(user(1, true))), 1).err(),
+            Some(Refusal::BadToken)
+        );
+        assert_eq!(
+            judge(Ok(Some(user(2, false))), 1).err(),
+            Some(Refusal::BadToken)
+        );
+        let ok = judge(Ok(Some(user(1, false))), 1).ok();
+        assert!(ok.is_some_and(|u| u.password_hash.is_empty()));
     }
 }

@@ -14,17 +14,15 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::Socket;
 use super::conn::{self, CloseWith, Control, Reply, Text, code};
+use super::{Refusal, Seen, Socket};
 use crate::backends::Backend;
 use crate::db::AuditEntry;
 use crate::machines::{Machine, MachineError, MachineEvent, Machines, controls, sees};
-use crate::model::{Permission, now_iso};
+use crate::model::{Permission, User, now_iso};
 use crate::state::AppState;
 
 const MIB: u64 = 1024 * 1024;
-/// How long a command may take to complete before it is answered as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -97,10 +95,46 @@ fn metrics_message(m: &Machine) -> Text {
     )
 }
 
-struct ConsoleSub {
+/// One socket as the hub sees it: where its messages go, and whose it is (the registry's
+/// latest view of the user, for the access re-checks).
+struct Member {
     ctl: Arc<Control>,
+    user: Uuid,
+    seen: Arc<Seen>,
+}
+
+struct ConsoleSub {
+    member: Member,
+    machine: Uuid,
     /// Trailing bytes of an incomplete UTF-8 sequence, kept for the next chunk.
     carry: Vec<u8>,
+}
+
+/// Why a socket of `kind` may no longer stay on `m` for `user` (contract 2: a monitor needs
+/// sight of the machine, a console control of it plus ACCESS_CONSOLE); `None` while it may.
+fn lost(kind: Kind, user: &User, m: &Machine) -> Option<&'static str> {
+    match kind {
+        Kind::Monitor if !sees(user, &m.relations) => Some("you no longer have access to this VM"),
+        Kind::Console if !controls(user, &m.relations) || !user.has(Permission::AccessConsole) => {
+            Some("the console needs control of the VM and ACCESS_CONSOLE")
+        }
+        _ => None,
+    }
+}
+
+impl Member {
+    /// Closes the socket (4403, after an `AUTH_ERROR`) if `user` lost access to `m`.
+    fn recheck(&self, kind: Kind, user: &User, m: &Machine) {
+        if let Some(why) = lost(kind, user, m) {
+            self.ctl.close(CloseWith::new(code::FORBIDDEN, why));
+        }
+    }
+}
+
+/// E's `AUTH_ERROR` before a 4401 (expired or revoked token) or 4403 (access lost) close.
+fn farewell(c: &CloseWith) -> Option<Text> {
+    matches!(c.code, code::UNAUTHORIZED | code::FORBIDDEN)
+        .then(|| error("AUTH_ERROR", &c.reason, None))
 }
 
 /// Output that arrived for a session before its socket joined (the banner a backend sends
@@ -116,7 +150,7 @@ const EARLY_TTL: Duration = Duration::from_secs(10);
 
 pub struct Hub {
     machines: Arc<Machines>,
-    monitors: Mutex<HashMap<Uuid, HashMap<u64, Arc<Control>>>>,
+    monitors: Mutex<HashMap<Uuid, HashMap<u64, Member>>>,
     consoles: Mutex<HashMap<Arc<str>, ConsoleSub>>,
     early: Mutex<HashMap<Arc<str>, Early>>,
     next: AtomicU64,
@@ -171,9 +205,7 @@ impl Hub {
         })
     }
 
-    fn lock_monitors(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, HashMap<u64, Arc<Control>>>> {
+    fn lock_monitors(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, HashMap<u64, Member>>> {
         self.monitors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -213,12 +245,12 @@ impl Hub {
                 tick.tick().await;
                 let beat = message("heartbeat", json!({}));
                 for set in hub.lock_monitors().values() {
-                    for ctl in set.values() {
-                        ctl.send(beat.clone());
+                    for mon in set.values() {
+                        mon.ctl.send(beat.clone());
                     }
                 }
                 for sub in hub.lock_consoles().values() {
-                    sub.ctl.send(beat.clone());
+                    sub.member.ctl.send(beat.clone());
                 }
             }
         });
@@ -230,8 +262,8 @@ impl Hub {
         for (uuid, set) in mons.iter() {
             if let Some(m) = self.machines.get(*uuid) {
                 let msg = make(&m);
-                for ctl in set.values() {
-                    ctl.send(msg.clone());
+                for mon in set.values() {
+                    mon.ctl.send(msg.clone());
                 }
             }
         }
@@ -245,17 +277,37 @@ impl Hub {
                 };
                 let msg = status_message(&m);
                 if let Some(set) = self.lock_monitors().get(uuid) {
-                    for ctl in set.values() {
-                        ctl.send(msg.clone());
+                    for mon in set.values() {
+                        mon.ctl.send(msg.clone());
                     }
                 }
             }
             MachineEvent::Deleted { uuid } => {
                 if let Some(set) = self.lock_monitors().get(uuid) {
                     let msg = error("VM_NOT_FOUND", "the machine was deleted", None);
-                    for ctl in set.values() {
-                        ctl.send(msg.clone());
-                        ctl.close(CloseWith::new(1000, "machine deleted"));
+                    for mon in set.values() {
+                        mon.ctl.send(msg.clone());
+                        mon.ctl.close(CloseWith::new(1000, "machine deleted"));
+                    }
+                }
+            }
+            MachineEvent::RelationsChanged { machine, .. } => {
+                // Ownership or assignment changed: whoever no longer sees (monitor) or
+                // controls (console) the machine loses its socket.
+                if let Some(set) = self.lock_monitors().get(&machine.uuid) {
+                    for mon in set.values() {
+                        if let Some(user) = mon.seen.user() {
+                            mon.recheck(Kind::Monitor, &user, machine);
+                        }
+                    }
+                }
+                for sub in self
+                    .lock_consoles()
+                    .values()
+                    .filter(|s| s.machine == machine.uuid)
+                {
+                    if let Some(user) = sub.member.seen.user() {
+                        sub.member.recheck(Kind::Console, &user, machine);
                     }
                 }
             }
@@ -264,7 +316,8 @@ impl Hub {
                 if let Some(sub) = consoles.get_mut(session) {
                     let text = decode(&mut sub.carry, data);
                     if !text.is_empty() {
-                        sub.ctl
+                        sub.member
+                            .ctl
                             .send(message("console", json!({"content": text, "eof": false})));
                     }
                 } else {
@@ -283,12 +336,34 @@ impl Hub {
             }
             MachineEvent::ConsoleClosed { session } => {
                 if let Some(sub) = self.lock_consoles().get(session) {
-                    sub.ctl
+                    sub.member
+                        .ctl
                         .send(message("console", json!({"content": "", "eof": true})));
-                    sub.ctl.close(CloseWith::new(1000, "console closed"));
+                    sub.member.ctl.close(CloseWith::new(1000, "console closed"));
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A user's account changed: their sockets whose access it withdrew close (4403).
+    pub fn user_changed(&self, user: &User) {
+        for (uuid, set) in self.lock_monitors().iter() {
+            let Some(m) = self.machines.get(*uuid) else {
+                continue;
+            };
+            for mon in set.values().filter(|mon| mon.user == user.uuid) {
+                mon.recheck(Kind::Monitor, user, &m);
+            }
+        }
+        for sub in self
+            .lock_consoles()
+            .values()
+            .filter(|s| s.member.user == user.uuid)
+        {
+            if let Some(m) = self.machines.get(sub.machine) {
+                sub.member.recheck(Kind::Console, user, &m);
+            }
         }
     }
 
@@ -296,14 +371,22 @@ impl Hub {
         self: &Arc<Self>,
         machine: Uuid,
         ctl: &Arc<Control>,
+        user: Uuid,
+        seen: &Arc<Seen>,
         session: Option<Arc<str>>,
     ) -> Membership {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let member = Member {
+            ctl: ctl.clone(),
+            user,
+            seen: seen.clone(),
+        };
         match &session {
             Some(s) => {
                 let mut consoles = self.lock_consoles();
                 let mut sub = ConsoleSub {
-                    ctl: ctl.clone(),
+                    member,
+                    machine,
                     carry: Vec::new(),
                 };
                 let early = self
@@ -323,7 +406,7 @@ impl Hub {
                 self.lock_monitors()
                     .entry(machine)
                     .or_default()
-                    .insert(id, ctl.clone());
+                    .insert(id, member);
             }
         }
         Membership {
@@ -361,17 +444,26 @@ pub async fn serve(
     token: Option<String>,
     unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let authenticated = crate::auth::authenticate(&state, token.as_deref()).await;
+    let ctl = Control::new(state.config.ws.send_queue);
+    let needs = (kind == Kind::Console).then_some(Permission::AccessConsole);
+    let admitted = super::admit(&state, token.as_deref(), needs, &ctl).await;
     drop(unauthenticated);
-    let Ok(actor) = authenticated else {
-        refuse(
-            ws,
-            "AUTH_ERROR",
-            "invalid or missing token",
-            code::UNAUTHORIZED,
-        )
-        .await;
-        return;
+    let (actor, registration) = match admitted {
+        Ok(a) => a,
+        Err(Refusal::BadToken) => {
+            refuse(
+                ws,
+                "AUTH_ERROR",
+                "invalid or missing token",
+                code::UNAUTHORIZED,
+            )
+            .await;
+            return;
+        }
+        Err(Refusal::ServerError) => {
+            refuse(ws, "UNKNOWN_ERROR", "server error", code::SERVER_ERROR).await;
+            return;
+        }
     };
     let machines = state.machines.clone();
     let Some(m) = machines
@@ -425,7 +517,6 @@ pub async fn serve(
         let m2 = machines.clone();
         tokio::spawn(async move { m2.refresh_connections(uuid).await });
     }
-    let ctl = Control::new(state.config.ws.send_queue);
     ctl.send(message(
         "connection",
         json!({"status": "connected", "vm": title}),
@@ -434,11 +525,22 @@ pub async fn serve(
         ctl.send(status_message(&m));
         ctl.send(metrics_message(&m));
     }
-    let needs = (kind == Kind::Console).then_some(Permission::AccessConsole);
-    let _registration = state.ws.register(&actor, needs, &ctl);
-    let _membership = state
-        .vms_hub
-        .join(uuid, &ctl, session.as_ref().map(|(_, s)| s.clone()));
+    let seen = registration.seen();
+    let _membership = state.vms_hub.join(
+        uuid,
+        &ctl,
+        actor.user.uuid,
+        &seen,
+        session.as_ref().map(|(_, s)| s.clone()),
+    );
+    registration.settle(&state);
+    // A change to the user or the machine's relations that the hub saw before this socket
+    // joined it: check once more, now that later ones reach it.
+    if let (Some(user), Some(m)) = (seen.user(), machines.get(uuid))
+        && let Some(why) = lost(kind, &user, &m)
+    {
+        ctl.close(CloseWith::new(code::FORBIDDEN, why));
+    }
     // Console input goes through one ordered queue to the backend.
     let (input_tx, mut input_rx) = tokio::sync::mpsc::channel::<ConsoleInput>(64);
     if let Some((backend, s)) = session.clone() {
@@ -456,10 +558,11 @@ pub async fn serve(
     }
     let mut opts = super::options(&state, Some(actor.claims.exp));
     opts.ping_interval = Duration::from_secs(state.config.vms.ping_interval.max(1));
+    opts.farewell = Some(farewell);
     let shutdown = state.ws.shutdown.subscribe();
     let handler = Handler {
         state: state.clone(),
-        user: actor.user.clone(),
+        seen,
         uuid,
         kind,
         ctl: ctl.clone(),
@@ -480,7 +583,8 @@ enum ConsoleInput {
 
 struct Handler {
     state: AppState,
-    user: crate::model::User,
+    /// The user as of their latest change (never the snapshot taken at connect).
+    seen: Arc<Seen>,
     uuid: Uuid,
     kind: Kind,
     ctl: Arc<Control>,
@@ -589,7 +693,10 @@ impl Handler {
             ));
             return;
         };
-        if !controls(&self.user, &m.relations) {
+        let Some(user) = self.seen.user() else {
+            return;
+        };
+        if !controls(&user, &m.relations) {
             self.ctl.send(error(
                 "AUTH_ERROR",
                 "controlling this VM needs ownership, assignment or MANAGE_ALL_VMS",
@@ -600,9 +707,10 @@ impl Handler {
         let ctl = self.ctl.clone();
         let uuid = self.uuid;
         let state = self.state.clone();
-        let username = self.user.username.clone();
+        let username = user.username;
+        let timeout = Duration::from_secs(self.state.config.vms.command_timeout.max(1));
         tokio::spawn(async move {
-            let (success, text) = carry_out(&machines, uuid, action).await;
+            let (success, text) = carry_out(&machines, uuid, action, timeout).await;
             if success {
                 audit(
                     &state,
@@ -620,20 +728,72 @@ impl Handler {
     }
 }
 
-/// Runs an action and waits for it to complete: `(success, message)`.
-async fn carry_out(machines: &Machines, uuid: Uuid, action: PowerAction) -> (bool, String) {
+/// Whether `action`, issued when the machine's status epoch was `epoch`, shows as complete
+/// in the registry's view `m` of the machine: `Some(Ok)` done, `Some(Err)` failed, `None`
+/// not yet (or not to be told from the status alone). Used when events may have been missed.
+fn settled(action: PowerAction, epoch: u64, m: Option<&Machine>) -> Option<Result<(), String>> {
+    let Some(m) = m else {
+        return Some(Err("the machine was deleted".to_owned()));
+    };
+    let status = m.state.as_ref().map(|s| s.status)?;
+    let moved = m.status_epoch > epoch;
+    let done = match action {
+        PowerAction::Start | PowerAction::Resume => status == MachineStatus::Running,
+        PowerAction::Stop | PowerAction::ForceOff => status == MachineStatus::Stopped,
+        // Running before and after: only a status change in between tells it happened.
+        PowerAction::Restart => moved && status == MachineStatus::Running,
+        PowerAction::Suspend => {
+            matches!(status, MachineStatus::Suspended | MachineStatus::Paused)
+        }
+    };
+    if done {
+        Some(Ok(()))
+    } else if moved && status == MachineStatus::Error {
+        Some(Err("the machine is in error".to_owned()))
+    } else {
+        None
+    }
+}
+
+/// Runs an action and waits, at most `timeout`, for it to complete: `(success, message)`.
+async fn carry_out(
+    machines: &Machines,
+    uuid: Uuid,
+    action: PowerAction,
+    timeout: Duration,
+) -> (bool, String) {
     let mut rx = machines.subscribe();
+    let epoch = machines.get(uuid).map_or(0, |m| m.status_epoch);
     if let Err(e) = machines.power(uuid, action).await {
         return (false, format!("Command '{}' failed: {e}", action.as_str()));
     }
     let done = async {
+        // After missed events the outcome may be among them: the registry's current status
+        // decides then, and on every status change after.
+        let mut lagged = false;
         loop {
             let e = match rx.recv().await {
                 Ok(e) => e,
-                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "a VM command missed machine events; re-checking"
+                    );
+                    lagged = true;
+                    if let Some(outcome) = settled(action, epoch, machines.get(uuid).as_ref()) {
+                        return outcome;
+                    }
+                    continue;
+                }
                 Err(RecvError::Closed) => return Err("the server is shutting down".to_owned()),
             };
             use MachineEvent as E;
+            if lagged
+                && matches!(&e, E::StatusChanged { uuid: u, .. } if *u == uuid)
+                && let Some(outcome) = settled(action, epoch, machines.get(uuid).as_ref())
+            {
+                return outcome;
+            }
             match (action, e) {
                 (PowerAction::Start | PowerAction::Restart, E::BootSuccess { uuid: u })
                     if u == uuid =>
@@ -691,7 +851,7 @@ async fn carry_out(machines: &Machines, uuid: Uuid, action: PowerAction) -> (boo
             );
         }
     }
-    match tokio::time::timeout(COMMAND_TIMEOUT, done).await {
+    match tokio::time::timeout(timeout, done).await {
         Ok(Ok(())) => (
             true,
             format!("Command '{}' completed successfully", action.as_str()),
@@ -730,6 +890,50 @@ mod tests {
         );
         assert_eq!(route("/ws/vms/"), None);
         assert_eq!(route("/ws/vms/a/b"), None);
+    }
+
+    fn machine(status: &str, epoch: u64) -> Machine {
+        let info = serde_json::from_value(json!({
+            "uuid": "u", "title": "t", "kind": "vm", "vcpu": 1, "ram_max_mib": 1,
+        }))
+        .unwrap();
+        let state = serde_json::from_value(json!({
+            "uuid": "u", "status": status, "vcpu": 1, "cpu_percent": 0.0, "ram_max_mib": 1,
+            "ram_used_mib": 0, "boot_timestamp": null, "net_rx_bytes": 0, "net_tx_bytes": 0,
+            "disk_read_bytes": 0, "disk_write_bytes": 0,
+        }))
+        .unwrap();
+        Machine {
+            uuid: Uuid::new_v4(),
+            backend: Arc::from("sim"),
+            info,
+            state: Some(state),
+            disks: None,
+            connections: Vec::new(),
+            relations: Default::default(),
+            status_epoch: epoch,
+            status_since: None,
+        }
+    }
+
+    #[test]
+    fn after_missed_events_the_registry_status_tells_the_outcome() {
+        use PowerAction as A;
+        let done = |a, epoch, m: &Machine| settled(a, epoch, Some(m));
+        assert_eq!(done(A::Start, 1, &machine("running", 3)), Some(Ok(())));
+        assert_eq!(done(A::Start, 1, &machine("booting", 2)), None);
+        assert!(matches!(
+            done(A::Start, 1, &machine("error", 2)),
+            Some(Err(_))
+        ));
+        assert_eq!(done(A::Stop, 1, &machine("stopped", 2)), Some(Ok(())));
+        assert_eq!(done(A::Stop, 1, &machine("shutting_down", 2)), None);
+        assert_eq!(done(A::Suspend, 1, &machine("suspended", 2)), Some(Ok(())));
+        assert_eq!(done(A::Resume, 1, &machine("running", 2)), Some(Ok(())));
+        // A restart is done once the machine is running again after a change, not before.
+        assert_eq!(done(A::Restart, 1, &machine("running", 1)), None);
+        assert_eq!(done(A::Restart, 1, &machine("running", 4)), Some(Ok(())));
+        assert!(matches!(settled(A::Start, 1, None), Some(Err(_))));
     }
 
     #[test]

@@ -1045,3 +1045,201 @@ async fn console_is_audited_without_its_content() {
         );
     }
 }
+
+// ----- access follows the user's current permissions and the machine's relations -----
+
+/// Access changes reach open sockets within 2 s (contract 2); 1 s of slack for a loaded
+/// test machine.
+const REVOKE_WITHIN: Duration = Duration::from_secs(3);
+
+async fn set_permissions(d: &Daemon, admin: &str, user: &str, perms: &[&str]) {
+    let r = d
+        .patch(
+            &format!("/api/users/{user}"),
+            Some(admin),
+            &json!({ "permissions": perms }),
+        )
+        .await;
+    assert!(
+        (200..300).contains(&r.status),
+        "PATCH permissions: {} {}",
+        r.status,
+        r.text
+    );
+}
+
+async fn assign(d: &Daemon, admin: &str, machine: &str, user: &str, assigned: bool) {
+    let path = format!("/api/machines/{machine}/clients/{user}");
+    let method = if assigned {
+        reqwest::Method::PUT
+    } else {
+        reqwest::Method::DELETE
+    };
+    let r = d.request(method, &path, Some(admin), None).await;
+    assert!(
+        (200..300).contains(&r.status),
+        "assignment: {} {}",
+        r.status,
+        r.text
+    );
+}
+
+/// The socket ends within [`REVOKE_WITHIN`] with `close`, the last message before it being
+/// an `AUTH_ERROR`.
+async fn expect_auth_error_then(s: &mut Sock, close: u16, what: &str) {
+    let before = s.expect_close(close, REVOKE_WITHIN).await;
+    let last = before
+        .last()
+        .unwrap_or_else(|| panic!("{what}: no message before close {close}"));
+    assert_error(last, "AUTH_ERROR");
+}
+
+#[tokio::test]
+async fn withdrawing_view_all_vms_closes_the_monitors_it_opened_4403() {
+    let d = daemon(&[]);
+    let admin = d.admin_token().await;
+    new_vm(&d, &admin, "it-seen").await;
+    let own = new_vm(&d, &admin, "it-assigned").await;
+    let (viewer_id, viewer) = user_with(&d, &admin, "viewer", &["VIEW_ALL_VMS"]).await;
+    assign(&d, &admin, &own, &viewer_id, true).await;
+    let mut seen = open_monitor(&d, "it-seen", "it-seen", &viewer).await;
+    let mut assigned = open_monitor(&d, "it-assigned", "it-assigned", &viewer).await;
+
+    set_permissions(&d, &admin, &viewer_id, &[]).await;
+    expect_auth_error_then(&mut seen, 4403, "monitor seen through VIEW_ALL_VMS").await;
+    // The assigned machine is still seen: its monitor stays, and is still served.
+    heartbeat_roundtrip(&mut assigned).await;
+    assigned.open_for(Duration::from_millis(1500)).await;
+    // And the monitor cannot be opened again.
+    let mut again = open(&d, &monitor_path("it-seen"), &viewer).await;
+    expect_refusal(&mut again, "VM_NOT_FOUND", 1000).await;
+}
+
+#[tokio::test]
+async fn a_command_after_manage_all_vms_is_withdrawn_is_auth_error() {
+    let d = daemon(&[]);
+    let admin = d.admin_token().await;
+    let uuid = new_vm(&d, &admin, "it-demoted").await;
+    let (op_id, op) = user_with(&d, &admin, "operator", &["VIEW_ALL_VMS", "MANAGE_ALL_VMS"]).await;
+    let mut s = open_monitor(&d, "it-demoted", "it-demoted", &op).await;
+
+    set_permissions(&d, &admin, &op_id, &["VIEW_ALL_VMS"]).await;
+    s.send_json(&command("start", Some("cmd-demoted"))).await;
+    let e = s
+        .recv_where(T, "an error or response", |v| {
+            is_type(v, "error") || is_type(v, "response")
+        })
+        .await;
+    assert_error(&e, "AUTH_ERROR");
+    assert_eq!(e["data"]["requestId"], "cmd-demoted", "{e}");
+    // Still seen, so the monitor stays open; the machine did not start.
+    heartbeat_roundtrip(&mut s).await;
+    assert_eq!(status(&d, &admin, &uuid).await, "stopped");
+
+    // Granting it again works at once, on the same socket.
+    set_permissions(&d, &admin, &op_id, &["VIEW_ALL_VMS", "MANAGE_ALL_VMS"]).await;
+    let msgs = run_command(&mut s, "start", "cmd-promoted").await;
+    let resp = msgs.last().expect("the response");
+    assert_eq!(resp["data"]["success"], true, "{resp}");
+}
+
+#[tokio::test]
+async fn withdrawing_control_or_access_console_closes_the_console_4403() {
+    let d = daemon(&[]);
+    let admin = d.admin_token().await;
+    let uuid = running_vm(&d, &admin, "it-console-perms").await;
+    let all = ["VIEW_ALL_VMS", "MANAGE_ALL_VMS", "ACCESS_CONSOLE"];
+    let (op_id, op) = user_with(&d, &admin, "operator", &all).await;
+
+    for (lost, left) in [
+        ("MANAGE_ALL_VMS", ["VIEW_ALL_VMS", "ACCESS_CONSOLE"]),
+        ("ACCESS_CONSOLE", ["VIEW_ALL_VMS", "MANAGE_ALL_VMS"]),
+    ] {
+        set_permissions(&d, &admin, &op_id, &all).await;
+        let mut console = open_console(&d, &uuid, "it-console-perms", &op).await;
+        let mut monitor = open_monitor(&d, &uuid, "it-console-perms", &op).await;
+        set_permissions(&d, &admin, &op_id, &left).await;
+        expect_auth_error_then(&mut console, 4403, &format!("console without {lost}")).await;
+        // The monitor needs sight only: it stays.
+        heartbeat_roundtrip(&mut monitor).await;
+    }
+}
+
+#[tokio::test]
+async fn unassigning_a_user_closes_their_monitor_and_console_4403() {
+    let d = daemon(&[]);
+    let admin = d.admin_token().await;
+    let uuid = running_vm(&d, &admin, "it-unassigned").await;
+    let (client_id, client) = user_with(&d, &admin, "client", &["ACCESS_CONSOLE"]).await;
+    assign(&d, &admin, &uuid, &client_id, true).await;
+    let mut monitor = open_monitor(&d, "it-unassigned", "it-unassigned", &client).await;
+    let mut console = open_console(&d, "it-unassigned", "it-unassigned", &client).await;
+    let mut admins = open_monitor(&d, "it-unassigned", "it-unassigned", &admin).await;
+
+    assign(&d, &admin, &uuid, &client_id, false).await;
+    expect_auth_error_then(&mut monitor, 4403, "monitor after unassignment").await;
+    expect_auth_error_then(&mut console, 4403, "console after unassignment").await;
+    heartbeat_roundtrip(&mut admins).await;
+}
+
+#[tokio::test]
+async fn revocation_sends_auth_error_before_4401() {
+    let d = daemon(&[]);
+    let admin = d.admin_token().await;
+    running_vm(&d, &admin, "it-revoked").await;
+    let (_, op) = user_with(
+        &d,
+        &admin,
+        "operator",
+        &["VIEW_ALL_VMS", "MANAGE_ALL_VMS", "ACCESS_CONSOLE"],
+    )
+    .await;
+    let mut monitor = open_monitor(&d, "it-revoked", "it-revoked", &op).await;
+    let mut console = open_console(&d, "it-revoked", "it-revoked", &op).await;
+    let r = d.post_empty("/api/auth/logout", Some(&op)).await;
+    assert!((200..300).contains(&r.status), "logout: {}", r.status);
+    expect_auth_error_then(&mut monitor, 4401, "monitor after logout").await;
+    expect_auth_error_then(&mut console, 4401, "console after logout").await;
+}
+
+#[tokio::test]
+async fn expiry_sends_auth_error_before_4401() {
+    let d = daemon(&[
+        ("ORCHARD_AUTH_TOKEN_TTL", "2"),
+        ("ORCHARD_AUTH_SESSION_MAX", "60"),
+    ]);
+    let admin = d.admin_token().await;
+    new_vm(&d, &admin, "it-expiring").await;
+    let mut s = open_monitor(&d, "it-expiring", "it-expiring", &admin).await;
+    let before = s.expect_close(4401, Duration::from_secs(8)).await;
+    let last = before
+        .last()
+        .unwrap_or_else(|| panic!("no message before the expiry close"));
+    assert_error(last, "AUTH_ERROR");
+}
+
+#[tokio::test]
+async fn a_command_that_outlasts_vms_command_timeout_is_answered_as_failed() {
+    // Boots take 8 s here, commands may take 1 s.
+    let d = daemon(&[
+        ("ORCHARD_VMS_COMMAND_TIMEOUT", "1"),
+        ("ORCHARD_SIMULATOR_BOOT_MS", "8000"),
+    ]);
+    let admin = d.admin_token().await;
+    new_vm(&d, &admin, "it-slow-boot").await;
+    let mut s = open_monitor(&d, "it-slow-boot", "it-slow-boot", &admin).await;
+    s.send_json(&command("start", Some("cmd-slow"))).await;
+    let resp = s
+        .recv_where(Duration::from_secs(6), "the response to start", |v| {
+            is_response_to(v, "cmd-slow")
+        })
+        .await;
+    assert_response(&resp);
+    assert_eq!(resp["data"]["success"], false, "{resp}");
+    assert!(
+        resp["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not complete in time")),
+        "{resp}"
+    );
+}

@@ -1369,7 +1369,10 @@ async fn slow_client_is_disconnected_while_a_reader_gets_every_event() {
     );
     reading.abort();
 
-    // The slow client, reading again, finds its socket ended: 4008, or dropped.
+    // The slow client, reading again, finds its socket ended: it read nothing for longer than
+    // the 2 s write deadline, so the 4008 close (queued behind the frame in progress) could
+    // not reach it and the connection was dropped; 4008 is accepted should it have got
+    // through. The 4008 itself is shown by the next test.
     let end = slow.wait_end(Duration::from_secs(30)).await;
     match end {
         End::Closed(code) => assert_eq!(code, CLOSE_TOO_SLOW, "slow client close code"),
@@ -1414,4 +1417,65 @@ async fn keepalive_pings_keep_answering_clients_and_drop_silent_ones() {
     );
     // Still connected after 6 s (three idle timeouts): and still served.
     live.next_of_type("DATA_DYNAMIC", T).await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_when_the_silence_deadline_passes_not_at_the_next_ping() {
+    // Pings every 30 s, silence allowed for 2 s: the silent client must go at ~2 s, long
+    // before the first ping tick could notice it.
+    let d = daemon(&[
+        ("ORCHARD_WS_PING_INTERVAL", "30"),
+        ("ORCHARD_WS_IDLE_TIMEOUT", "2"),
+    ]);
+    let admin = d.admin_token().await;
+    let mut raw = RawClient::handshake(&d, &format!("{ACCOUNT}?access_token={admin}")).await;
+    let t0 = Instant::now();
+    let dropped = raw.read_until_dropped(Duration::from_secs(20)).await;
+    let after = t0.elapsed();
+    assert!(
+        dropped,
+        "a client silent for 20 s (idle timeout 2 s, ping interval 30 s) is still connected"
+    );
+    assert!(
+        after >= Duration::from_millis(1500),
+        "silent client dropped after {after:?}, before the 2 s idle timeout"
+    );
+    assert!(
+        !raw.opcodes.contains(&OP_PING),
+        "dropped at a ping tick, not at the silence deadline: opcodes {:?}",
+        raw.opcodes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_that_reads_again_within_the_write_deadline_gets_4008() {
+    // Write deadline 10 s (the default): a client that stopped reading, and reads again soon
+    // after the daemon gave up on it, must find a 4008 close, not a cut connection.
+    let d = daemon(&[("ORCHARD_WS_SEND_QUEUE", "8")]);
+    let admin = d.admin_token().await;
+    let m = uuid_of(&create(&d, &admin, "ws-slow-4008", &[]).await);
+    let mut slow = Connect::new(&d, GLOBAL)
+        .access_token(&admin)
+        .recv_buffer(4096)
+        .open()
+        .await;
+    slow.initial(T).await;
+
+    // 4 KiB events, 25 at a time, until the daemon reports closing the slow client.
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while !d.logs().contains("closing 4008") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no 4008 for a client that stopped reading, after {sent} events of 4 KiB"
+        );
+        for _ in 0..25 {
+            sent += 1;
+            let description = format!("{sent:06}{}", "x".repeat(4090));
+            patch_machine(&d, &admin, &m, &json!({ "description": description })).await;
+        }
+    }
+    slow.expect_close(CLOSE_TOO_SLOW, T).await;
+    let got = slow.types.iter().filter(|t| *t == "DATA_STATIC").count();
+    assert!(got < sent, "the slow client got all {sent} events");
 }
