@@ -672,6 +672,9 @@ async fn anonymous_events_can_be_turned_off() {
             .any(|v| v["type"] == "error" && v["data"]["code"] == "AUTH_FAILED"),
         "an AUTH_FAILED error before 4401: {before:?}"
     );
+    // `/ws/clusters` without a token is refused too.
+    let mut s = open_clusters(&d, None).await;
+    s.expect_close(4401, T).await;
     // A token still opens the stream.
     let mut s = open_clusters(&d, Some(&admin)).await;
     sync(&d, &admin, &mut [&mut s]).await;

@@ -976,6 +976,65 @@ async fn console_session_is_listed_while_open() {
     .await;
 }
 
+/// An open console is one of the machine's active connections on the machines API too:
+/// `DATA_DYNAMIC_CONNECTIONS` of `/ws/machines/global` lists it while it is open.
+#[tokio::test]
+async fn console_session_reaches_data_dynamic_connections() {
+    let d = daemon(&[("ORCHARD_MACHINES_CONNECTIONS_INTERVAL", "1")]);
+    let admin = d.admin_token().await;
+    let uuid = running_vm(&d, &admin, "it-conn-ws").await;
+    let mut g = crate::wsclient::Connect::new(&d, "/ws/machines/global")
+        .access_token(&admin)
+        .open()
+        .await;
+    let sessions = |v: &Value| {
+        v["body"][uuid.as_str()]["active_connections"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let first = g.next_of_type("DATA_DYNAMIC_CONNECTIONS", T).await;
+    assert_eq!(sessions(&first), 0, "no console yet: {first}");
+
+    let s = open_console(&d, "it-conn-ws", "it-conn-ws", &admin).await;
+    g.next_matching(T, "the console in DATA_DYNAMIC_CONNECTIONS", |v| {
+        v["type"] == "DATA_DYNAMIC_CONNECTIONS" && sessions(v) == 1
+    })
+    .await;
+    s.close().await;
+    g.next_matching(T, "the console gone from DATA_DYNAMIC_CONNECTIONS", |v| {
+        v["type"] == "DATA_DYNAMIC_CONNECTIONS" && sessions(v) == 0
+    })
+    .await;
+}
+
+/// `stop` on a machine whose shutdown fails is answered `success:false` with the reason,
+/// and the machine keeps running.
+#[tokio::test]
+async fn a_failed_shutdown_is_answered_as_failed() {
+    let d = daemon(&[("ORCHARD_SIMULATOR_SHUTDOWN_MS", "200")]);
+    let admin = d.admin_token().await;
+    let m = create_machine(
+        &d,
+        &admin,
+        &json!({"title": "it-stubborn-e", "vcpu": 1, "ram_mib": 128, "tags": ["fail-shutdown"]}),
+    )
+    .await;
+    let uuid = uuid_of(&m);
+    power_ok(&d, &admin, &uuid, "start").await;
+    wait_status(&d, &admin, &uuid, "running").await;
+    let mut s = open_monitor(&d, "it-stubborn-e", "it-stubborn-e", &admin).await;
+    let msgs = run_command(&mut s, "stop", "cmd-stubborn").await;
+    let resp = msgs.last().expect("response");
+    assert_eq!(resp["data"]["success"], false, "a failed shutdown: {resp}");
+    assert!(
+        resp["data"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "a failure says why: {resp}"
+    );
+    assert_eq!(status(&d, &admin, &uuid).await, "running");
+}
+
 #[tokio::test]
 async fn stopping_the_vm_ends_the_console() {
     let d = daemon(&[]);
