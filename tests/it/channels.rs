@@ -1310,6 +1310,54 @@ async fn user_activity_reports_logins_failures_user_changes_and_logouts() {
         .await;
     assert_eq!(e["data"]["username"], "admin", "{e}");
     assert!(mentions(&e["data"], "carol"), "names the deleted user: {e}");
+
+    // Each announced entry was committed to the audit log first: the REST history has
+    // them all as soon as the last event has arrived, newest first.
+    let history = d.get("/api/activity", Some(&admin)).await.expect(200);
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap_or_else(|| panic!("activity is an array: {history}"))
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    for want in [
+        "user.delete",
+        "user.update",
+        "logout",
+        "user.create",
+        "login_failed",
+        "login",
+    ] {
+        assert!(
+            actions.contains(&want),
+            "{want} in /api/activity: {actions:?}"
+        );
+    }
+    assert_eq!(
+        actions.first(),
+        Some(&"user.delete"),
+        "newest first: {actions:?}"
+    );
+    let failed = history
+        .as_array()
+        .and_then(|h| h.iter().find(|a| a["action"] == "login_failed"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failed["ip"], "127.0.0.1", "{failed}");
+    assert_eq!(failed["user_agent"], AGENT, "{failed}");
+    assert!(
+        !history.to_string().contains("wrong-password-1"),
+        "no password in the audit log"
+    );
+
+    // The history is for MANAGE_ADMIN_USERS only.
+    let viewer_pw = "viewer-password-123";
+    d.create_user(&admin, "viewer", viewer_pw, "client", &["VIEW_ALL_VMS"])
+        .await;
+    let viewer = d.login("viewer", viewer_pw).await;
+    d.get("/api/activity", Some(&viewer))
+        .await
+        .expect_any_error(403);
 }
 
 // ----- command_execution -----
