@@ -1017,6 +1017,33 @@ async fn a_memory_warning_is_raised() {
     assert_eq!(e["data"]["host_id"], host, "{e}");
 }
 
+/// `fleet_status` is sent on change as well as on its period: with a period of an hour, a
+/// machine's failed boot (an alert on the local host) still gives an event at once.
+#[tokio::test]
+async fn fleet_status_is_sent_when_the_totals_change() {
+    let d = daemon(&quiet_alerts(&[
+        ("ORCHARD_FLEET_INTERVAL", "3600"),
+        ("ORCHARD_SIMULATOR_BOOT_MS", "200"),
+    ]));
+    let admin = d.admin_token().await;
+    let mut c = Chan::open(&d, &admin).await;
+    c.subscribe("fleet_status", None).await;
+    let first = c.event("fleet_status", T).await;
+    assert_eq!(first["data"]["hosts_with_alerts"], 0, "{first}");
+
+    let machine = fail_boot_machine(&d, &admin).await;
+    let r = d
+        .post_empty(&format!("/api/machines/{machine}/start"), Some(&admin))
+        .await;
+    assert_eq!(r.status, 202, "start: {}", r.text);
+    let e = c
+        .expect(T, "fleet_status with the alerted host", |v| {
+            is_event(v, "fleet_status") && v["data"]["hosts_with_alerts"] == 1
+        })
+        .await;
+    assert_eq!(e["data"]["online_hosts"], 1, "{e}");
+}
+
 /// An alert still raised when the daemon stops is resumed on the next start: when its
 /// condition has ended it is cleared under its own id, and it is never raised a second time.
 #[tokio::test]
