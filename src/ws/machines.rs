@@ -147,6 +147,9 @@ pub struct Hub {
     /// …_CONNECTIONS), encoded once and shared by every socket that joins until something
     /// they show changes; with thousands of machines this is what makes connecting cheap.
     global_initial: Mutex<[Option<Text>; 4]>,
+    /// The machines whose existence the hub has announced (`CREATE` / `DELETE` processed),
+    /// so that a resync after missed events can tell `/global` sockets what changed.
+    known: Mutex<BTreeSet<Uuid>>,
 }
 
 /// Removes a socket from the hub when dropped.
@@ -194,6 +197,7 @@ impl Hub {
             subs: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             global_initial: Mutex::new([None, None, None, None]),
+            known: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -205,6 +209,7 @@ impl Hub {
     pub fn start(self: &Arc<Self>, state: &AppState) {
         let hub = self.clone();
         let mut events = self.machines.subscribe();
+        *self.known() = self.machines.with_all(|all| all.keys().copied().collect());
         let coalesce = Duration::from_millis(state.config.ws.coalesce_ms);
         tokio::spawn(async move {
             loop {
@@ -383,13 +388,61 @@ impl Hub {
         }
     }
 
-    /// After missed events: every socket gets its full state again.
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeSet<Uuid>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After missed events: every socket learns what changed in its set of machines
+    /// (`DELETE` for those gone, `CREATE` for new ones where the endpoint sends it), then gets
+    /// a full `DATA_STATIC`; the next periodic messages carry the current state, which
+    /// supersedes any progress event that was missed.
     fn resync(&self) {
         let mut subs = self.lock();
+        *self
+            .global_initial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = [None, None, None, None];
         self.machines.with_all(|all| {
             let names = self.machines.usernames();
+            let current: BTreeSet<Uuid> = all.keys().copied().collect();
+            let before = std::mem::replace(&mut *self.known(), current.clone());
+            let delete = |u: &Uuid| envelope("DELETE", &encode(&serde_json::json!({ "uuid": u })));
+            let create = |u: &Uuid| {
+                all.get(u)
+                    .map(|m| envelope("CREATE", &encode(&m.properties(&names))))
+            };
             for sub in subs.values_mut() {
-                sub.recompute(all);
+                let (gone, added): (Vec<Uuid>, Vec<Uuid>) = match sub.kind {
+                    Kind::Global => (
+                        before.difference(&current).copied().collect(),
+                        current.difference(&before).copied().collect(),
+                    ),
+                    Kind::Account | Kind::Subscribed => {
+                        let was = sub.set.clone();
+                        sub.recompute(all);
+                        let gone = was.difference(&sub.set).copied();
+                        let gone = if sub.kind == Kind::Subscribed {
+                            // `subscribed` sends DELETE for deleted machines only.
+                            gone.filter(|u| !current.contains(u)).collect()
+                        } else {
+                            gone.collect()
+                        };
+                        let added = if sub.kind == Kind::Account {
+                            sub.set.difference(&was).copied().collect()
+                        } else {
+                            Vec::new()
+                        };
+                        (gone, added)
+                    }
+                };
+                for u in &gone {
+                    sub.ctl.push(delete(u));
+                }
+                for u in &added {
+                    if let Some(m) = create(u) {
+                        sub.ctl.push(m);
+                    }
+                }
                 let list: Vec<&Machine> = all.values().filter(|m| sub.follows(&m.uuid)).collect();
                 sub.ctl.send(snapshot(None, &list, &names));
             }
@@ -420,6 +473,15 @@ impl Hub {
                 .global_initial
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = [None, None, None, None];
+        }
+        match e {
+            MachineEvent::Created(m) => {
+                self.known().insert(m.uuid);
+            }
+            MachineEvent::Deleted { uuid } => {
+                self.known().remove(uuid);
+            }
+            _ => {}
         }
         let mut subs = self.lock();
         match e {
