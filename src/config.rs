@@ -187,6 +187,9 @@ pub struct Ws {
     /// Milliseconds events are gathered after the first of a burst before each socket is
     /// woken to write them in one go (0: write at once).
     pub coalesce_ms: u64,
+    /// Serves `/ws/echo` (no authentication; echoes every message) for protocol conformance
+    /// runs against the production framing. Test-only: never enable it on a real host.
+    pub test_echo: bool,
 }
 
 impl Default for Ws {
@@ -199,6 +202,7 @@ impl Default for Ws {
             max_message: 64 * 1024,
             max_unauthenticated: 256,
             coalesce_ms: 2,
+            test_echo: false,
         }
     }
 }

@@ -282,7 +282,7 @@ pub async fn run<S>(
                     Ok(Incoming::Text(t)) => match on_text(&t) {
                         Reply::Continue => {}
                     },
-                    Ok(Incoming::Binary) => {
+                    Ok(Incoming::Binary(_)) => {
                         break Some(CloseWith::new(1003, "binary messages are not accepted"));
                     }
                     Ok(Incoming::Close) => {

@@ -27,7 +27,8 @@ const READ_CHUNK: usize = 256;
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
     Text(String),
-    Binary,
+    /// A binary message (no API accepts one; the test echo endpoint returns it).
+    Binary(Vec<u8>),
     Ping,
     Pong,
     /// The peer closed (its close was answered already).
@@ -113,6 +114,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub fn queue_text(&mut self, payload: Bytes) {
         if !self.closing {
             self.out.push_back(OutFrame::new(OP_TEXT, payload));
+        }
+    }
+
+    /// Queues a binary message (shared, not copied).
+    pub fn queue_binary(&mut self, payload: Bytes) {
+        if !self.closing {
+            self.out.push_back(OutFrame::new(OP_BINARY, payload));
         }
     }
 
@@ -273,7 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     fn complete(&mut self, opcode: u8, payload: Vec<u8>) -> Result<Incoming, FrameError> {
         if opcode == OP_BINARY {
-            return Ok(Incoming::Binary);
+            return Ok(Incoming::Binary(payload));
         }
         String::from_utf8(payload)
             .map(Incoming::Text)

@@ -1,10 +1,11 @@
-//! WebSockets: the upgrade (our own, through hyper and tokio-tungstenite, so that every
-//! socket gets small buffers), the Origin check, token extraction, the registry of live
+//! WebSockets: the upgrade (our own, through hyper, with our own framing in `frame.rs`, so
+//! that an idle socket holds no buffers), the Origin check, token extraction, the registry of live
 //! sockets used for revocation, and one module per API over the connection core.
 
 pub mod channels;
 pub mod clusters;
 pub mod conn;
+mod echo;
 pub mod frame;
 pub mod machines;
 pub mod vms;
@@ -115,7 +116,9 @@ fn error_response(e: &Error) -> Response {
 pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAddr) -> Response {
     let path = req.uri().path().to_owned();
     let token = request_token(req.uri().query(), req.headers());
-    let Some(endpoint) = Endpoint::of(&path, token.is_some()) else {
+    let Some(endpoint) = Endpoint::of(&path, token.is_some())
+        .filter(|e| !matches!(e, Endpoint::Echo) || state.config.ws.test_echo)
+    else {
         return error_response(&Error::not_found(format!("no WebSocket endpoint {path}")));
     };
     if req.method() != warp::http::Method::GET {
@@ -172,6 +175,7 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
                 clusters::serve(state, ws, token, unauth).await;
             }
             Endpoint::Channels => channels::serve(state, ws, token, unauth).await,
+            Endpoint::Echo => echo::serve(ws, unauth).await,
         }
     };
     tracker.spawn(fut);
@@ -197,6 +201,8 @@ enum Endpoint {
     },
     /// The channels API: `/ws` with a token (contract 4.4: any token parameter or header).
     Channels,
+    /// `/ws/echo`, only with `ws.test_echo` (protocol conformance runs).
+    Echo,
 }
 
 impl Endpoint {
@@ -205,6 +211,7 @@ impl Endpoint {
             "/ws" if has_token => Some(Self::Channels),
             "/ws" => Some(Self::Clusters { with_token: false }),
             "/ws/clusters" => Some(Self::Clusters { with_token: true }),
+            "/ws/echo" => Some(Self::Echo),
             _ => machines::route(path)
                 .map(Self::Machines)
                 .or_else(|| vms::route(path).map(|(n, k)| Self::Vms(n, k))),

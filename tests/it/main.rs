@@ -7,6 +7,7 @@ mod auth;
 mod channels;
 mod cli;
 mod clusters;
+mod conformance;
 mod fixtures;
 mod harness;
 mod lifecycle;
