@@ -73,25 +73,61 @@ struct Filters {
     severity: Option<Vec<String>>,
 }
 
-fn strings(v: &Value) -> Option<Vec<String>> {
+/// A filter value: one string or a list of strings; `what` names it in the error.
+fn strings(v: Option<&Value>, what: &str) -> Result<Option<Vec<String>>, String> {
     match v {
-        Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(a) => Some(
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect(),
-        ),
-        _ => None,
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_owned))
+            .collect::<Option<Vec<String>>>()
+            .map(Some)
+            .ok_or_else(|| format!("filters.{what} must be a string or a list of strings")),
+        Some(_) => Err(format!(
+            "filters.{what} must be a string or a list of strings"
+        )),
     }
 }
 
+/// The metric groups `filters.metrics` may name.
+const METRIC_GROUPS: [&str; 5] = ["cpu", "memory", "disk", "load", "network"];
+const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
+
 impl Filters {
-    fn parse(v: &Value) -> Self {
-        Self {
-            host_ids: v.get("host_id").and_then(strings),
-            metrics: v.get("metrics").and_then(strings),
-            severity: v.get("severity").and_then(strings),
+    /// `filters` is absent, null or an object; its known keys must have the right types and
+    /// values (unknown keys are ignored).
+    fn parse(v: &Value) -> Result<Self, String> {
+        if !(v.is_null() || v.is_object()) {
+            return Err("filters must be an object".into());
         }
+        let metrics = strings(v.get("metrics"), "metrics")?;
+        if let Some(bad) = metrics
+            .iter()
+            .flatten()
+            .find(|m| !METRIC_GROUPS.contains(&m.as_str()))
+        {
+            return Err(format!(
+                "unknown metric group {bad:?} in filters.metrics (known: {})",
+                METRIC_GROUPS.join(", ")
+            ));
+        }
+        let severity = strings(v.get("severity"), "severity")?;
+        if let Some(bad) = severity
+            .iter()
+            .flatten()
+            .find(|s| !SEVERITIES.contains(&s.as_str()))
+        {
+            return Err(format!(
+                "unknown severity {bad:?} in filters.severity (known: {})",
+                SEVERITIES.join(", ")
+            ));
+        }
+        Ok(Self {
+            host_ids: strings(v.get("host_id"), "host_id")?,
+            metrics,
+            severity,
+        })
     }
 
     fn host(&self, id: &str) -> bool {
@@ -458,7 +494,13 @@ fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Control, text: &str)
                 ));
                 return;
             }
-            let filters = Filters::parse(&msg.filters);
+            let filters = match Filters::parse(&msg.filters) {
+                Ok(f) => f,
+                Err(why) => {
+                    ctl.send(invalid(&why, mid));
+                    return;
+                }
+            };
             // The response and the first events are queued before the hub lock is released,
             // so no live event of this channel can overtake them.
             ctl.send(reply(

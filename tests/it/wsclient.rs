@@ -475,6 +475,10 @@ pub struct RawClient {
     buf: Vec<u8>,
     /// Opcodes of the frames received so far, in order.
     pub opcodes: Vec<u8>,
+    /// The code of the close frame received, if any.
+    pub close_code: Option<u16>,
+    /// Text messages received (whole, unfragmented frames).
+    pub texts: Vec<String>,
 }
 
 pub const OP_PING: u8 = 0x9;
@@ -524,6 +528,8 @@ impl RawClient {
             tcp,
             buf,
             opcodes: Vec::new(),
+            close_code: None,
+            texts: Vec::new(),
         };
         c.parse_frames();
         c
@@ -538,6 +544,49 @@ impl RawClient {
             match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
                 Err(_) => return false,
                 Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(n)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.parse_frames();
+                }
+            }
+        }
+    }
+
+    /// One masked client frame (`fin`, `opcode`, `payload`) in wire form; `len_override`
+    /// announces another length than the payload's (to send a lying header).
+    pub fn frame(fin: bool, opcode: u8, payload: &[u8], len_override: Option<u64>) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        let len = len_override.unwrap_or(payload.len() as u64);
+        if len < 126 {
+            f.push(0x80 | len as u8);
+        } else if len <= u64::from(u16::MAX) {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&len.to_be_bytes());
+        }
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        f
+    }
+
+    /// Writes raw bytes; `false` if the server has already closed the connection.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.tcp.write_all(bytes).await.is_ok()
+    }
+
+    /// Reads until a text message satisfying `want` has arrived; `false` on timeout or end.
+    pub async fn read_text_until(&mut self, within: Duration, want: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.texts.iter().any(|t| want(t)) {
+                return true;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
+                Err(_) | Ok(Ok(0) | Err(_)) => return false,
                 Ok(Ok(n)) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     self.parse_frames();
@@ -571,6 +620,14 @@ impl RawClient {
                 return;
             }
             self.opcodes.push(opcode);
+            let payload = &b[header..header + len];
+            if opcode == 0x8 && payload.len() >= 2 {
+                self.close_code = Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+            if opcode == 0x1 {
+                self.texts
+                    .push(String::from_utf8_lossy(payload).into_owned());
+            }
             self.buf.drain(..header + len);
         }
     }
