@@ -2,6 +2,7 @@
 //! socket gets small buffers), the Origin check, token extraction, the registry of live
 //! sockets used for revocation, and one module per API over the connection core.
 
+pub mod agents;
 pub mod channels;
 pub mod clusters;
 pub mod conn;
@@ -33,7 +34,10 @@ pub type Socket = frame::WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
 /// Whether this request is a WebSocket upgrade for one of our WebSocket paths.
 pub fn claims<B>(req: &Request<B>) -> bool {
     let path = req.uri().path();
-    let ours = path == "/ws" || path.starts_with("/ws/");
+    let ours = path == "/ws"
+        || path.starts_with("/ws/")
+        || path == agents::AGENT_PATH
+        || path.starts_with("/api/v1/ws/");
     ours && is_upgrade(req.headers())
 }
 
@@ -158,6 +162,7 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
         };
         let max = match endpoint {
             Endpoint::Clusters { .. } => state.config.clusters.max_message,
+            Endpoint::Agent => state.config.agents.max_message,
             _ => state.config.ws.max_message,
         };
         let max = usize::try_from(max).unwrap_or(usize::MAX);
@@ -172,6 +177,10 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
                 clusters::serve(state, ws, token, unauth).await;
             }
             Endpoint::Channels => channels::serve(state, ws, token, unauth).await,
+            Endpoint::Agent => agents::serve_agent(state, ws, unauth).await,
+            Endpoint::ServerStream(id, kind) => {
+                agents::serve_stream(state, ws, id, kind, unauth).await;
+            }
         }
     };
     tracker.spawn(fut);
@@ -197,6 +206,10 @@ enum Endpoint {
     },
     /// The channels API: `/ws` with a token (contract 4.4: any token parameter or header).
     Channels,
+    /// `/api/v1/agents/ws` (C).
+    Agent,
+    /// `/api/v1/ws/{metrics,logs}/{server_id}` (C).
+    ServerStream(String, crate::agents::StreamKind),
 }
 
 impl Endpoint {
@@ -205,9 +218,11 @@ impl Endpoint {
             "/ws" if has_token => Some(Self::Channels),
             "/ws" => Some(Self::Clusters { with_token: false }),
             "/ws/clusters" => Some(Self::Clusters { with_token: true }),
+            agents::AGENT_PATH => Some(Self::Agent),
             _ => machines::route(path)
                 .map(Self::Machines)
-                .or_else(|| vms::route(path).map(|(n, k)| Self::Vms(n, k))),
+                .or_else(|| vms::route(path).map(|(n, k)| Self::Vms(n, k)))
+                .or_else(|| agents::stream_route(path).map(|(id, k)| Self::ServerStream(id, k))),
         }
     }
 }
