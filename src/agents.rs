@@ -264,7 +264,17 @@ impl Agents {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .unwrap_or_else(now_iso);
-                self.publish_log(server_id, level, message, &ts, "agent");
+                let origin = body.get("source").and_then(Value::as_str);
+                let mut data = json!({"level": level, "message": message, "timestamp": ts,
+                    "source": "agent"});
+                if let Some(o) = origin {
+                    data["origin"] = json!(o);
+                }
+                self.publish(
+                    server_id,
+                    &[StreamKind::Logs],
+                    &stream_message("log", &data),
+                );
                 None
             }
             "heartbeat" | "pong" | "auth" => None,
@@ -464,18 +474,15 @@ impl Agents {
         }
     }
 
-    fn publish_log(&self, server_id: &str, level: &str, message: &str, ts: &str, source: &str) {
-        let data = json!({"level": level, "message": message, "timestamp": ts, "source": source});
+    /// A log line of the daemon's own about a server (connects, commands, alerts).
+    pub fn log(&self, server_id: &str, level: &str, message: &str) {
+        let data = json!({"level": level, "message": message, "timestamp": now_iso(),
+            "source": "orchard"});
         self.publish(
             server_id,
             &[StreamKind::Logs],
             &stream_message("log", &data),
         );
-    }
-
-    /// A log line of the daemon's own about a server (connects, commands, alerts).
-    pub fn log(&self, server_id: &str, level: &str, message: &str) {
-        self.publish_log(server_id, level, message, &now_iso(), "orchard");
     }
 
     /// Feeds the per-server streams from host metrics and alerts.

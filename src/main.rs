@@ -56,6 +56,7 @@ fn main() -> ExitCode {
             ca_file,
             metrics_interval,
             log_files,
+            journal,
         } => {
             init_agent_logging();
             agent::run(agent::Options {
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
                 ca_file,
                 interval: Duration::from_secs_f64(metrics_interval.clamp(0.1, 3600.0)),
                 log_files,
+                journal,
             })
         }
         Command::User { common, action } => load_config(&common, None).and_then(|config| {

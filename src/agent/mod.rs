@@ -41,6 +41,8 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     pub interval: Duration,
     pub log_files: Vec<PathBuf>,
+    /// Follow the systemd journal too.
+    pub journal: bool,
 }
 
 /// Where to connect: host, port, and the request URL.
@@ -185,6 +187,9 @@ async fn agent_loop(ep: Endpoint, key: String, opts: Options) {
     let (log_tx, mut log_rx) = mpsc::channel(LOG_BUFFER);
     for f in &opts.log_files {
         tokio::spawn(tail(f.clone(), log_tx.clone()));
+    }
+    if opts.journal {
+        tokio::spawn(journal(log_tx.clone()));
     }
     drop(log_tx);
     let mut backoff = Backoff::new();
@@ -444,6 +449,56 @@ fn on_server_text(text: &str, allow: bool, out: &mpsc::UnboundedSender<Value>) {
                 let _ = out.send(v);
             });
         }
+    }
+}
+
+/// Follows the systemd journal (`journalctl -f -o json`, new entries only) and queues each
+/// entry as a `log` message, its level from the entry's priority. A journalctl that exits is
+/// started again after a pause; one that cannot be started ends the forwarding.
+async fn journal(tx: mpsc::Sender<Value>) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    loop {
+        let child = tokio::process::Command::new("journalctl")
+            .args(["-f", "-n", "0", "-o", "json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the journal; journal forwarding is off");
+                return;
+            }
+        };
+        if let Some(out) = child.stdout.take() {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let Some(message) = v["MESSAGE"].as_str() else {
+                    continue;
+                };
+                let level = match v["PRIORITY"].as_str().and_then(|p| p.parse::<u8>().ok()) {
+                    Some(0..=2) => "CRITICAL",
+                    Some(3) => "ERROR",
+                    Some(4) => "WARNING",
+                    Some(7) => "DEBUG",
+                    _ => "INFO",
+                };
+                let source = v["SYSLOG_IDENTIFIER"]
+                    .as_str()
+                    .or_else(|| v["_SYSTEMD_UNIT"].as_str())
+                    .unwrap_or("journal");
+                let msg: String = message.chars().take(8192).collect();
+                let _ = tx.try_send(json!({"type": "log", "level": level, "message": msg,
+                    "timestamp": now_iso(), "source": source}));
+            }
+        }
+        let _ = child.wait().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

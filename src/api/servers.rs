@@ -1,5 +1,6 @@
-//! `/api/v1/servers`: agent hosts. `POST {name}` returns the API key once; only its hash is
-//! stored. `DELETE` revokes the key and closes the live agent socket.
+//! `/api/v1/servers`: the built-in local host (listed first, never deleted) and the agent
+//! hosts. `POST {name}` returns the API key once; only its hash is stored. `DELETE` revokes
+//! the key and closes the live agent socket.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -31,18 +32,37 @@ fn view(req: &Request, s: &ServerRecord) -> serde_json::Value {
         "status": host.as_ref().map_or("offline", |h| h.status),
         "last_seen": host.and_then(|h| h.last_seen),
         "connected": req.state.agents.is_connected(&s.server_id),
+        "local": false,
+    })
+}
+
+/// The built-in local host (contract 4.3), fed by the daemon itself.
+fn local_view(req: &Request) -> serde_json::Value {
+    let (id, hostname) = req.state.hosts.local();
+    json!({
+        "server_id": id,
+        "name": hostname,
+        "created_at": null,
+        "status": "online",
+        "last_seen": now_iso(),
+        "connected": true,
+        "local": true,
     })
 }
 
 pub async fn list(req: Request) -> Result<Response> {
     let mut servers = req.state.db.run(|db| db.servers()).await?;
     servers.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
-    let views: Vec<_> = servers.iter().map(|s| view(&req, s)).collect();
+    let mut views = vec![local_view(&req)];
+    views.extend(servers.iter().map(|s| view(&req, s)));
     Ok(json(StatusCode::OK, &views))
 }
 
 pub async fn get(req: Request) -> Result<Response> {
     let id = req.param("server_id").to_owned();
+    if req.state.hosts.is_local(&id) {
+        return Ok(json(StatusCode::OK, &local_view(&req)));
+    }
     let servers = req.state.db.run(|db| db.servers()).await?;
     let s = servers
         .iter()
@@ -87,6 +107,11 @@ pub async fn create(req: Request) -> Result<Response> {
 
 pub async fn delete(req: Request) -> Result<Response> {
     let id = req.param("server_id").to_owned();
+    if req.state.hosts.is_local(&id) {
+        return Err(Error::Conflict(
+            "the local host is built in and cannot be deleted".into(),
+        ));
+    }
     let actor = req.actor()?;
     let audit = AuditEntry::new(actor.user.username.clone(), "server.delete")
         .actor_id(actor.user.uuid)

@@ -64,6 +64,9 @@ pub enum Command {
         /// Forward new lines of this file as log messages (repeatable)
         #[arg(long = "log-file", value_name = "FILE")]
         log_files: Vec<PathBuf>,
+        /// Forward new systemd journal entries as log messages
+        #[arg(long)]
+        journal: bool,
     },
     /// Administer users offline, directly on the database (the daemon must be stopped)
     User {

@@ -299,6 +299,14 @@ async fn servers_are_created_listed_and_deleted_and_the_key_is_shown_once() {
     let (id, key) = create_server(&d, &admin, "web-01").await;
     assert!(key.len() >= 40, "a long random key: {key}");
     let list = d.get("/api/v1/servers", Some(&admin)).await.expect(200);
+    // The built-in local host comes first, online, and cannot be deleted.
+    let local = &list[0];
+    assert_eq!(local["local"], true, "{list}");
+    assert_eq!(local["status"], "online", "{list}");
+    let local_id = local["server_id"].as_str().unwrap().to_owned();
+    d.delete(&format!("/api/v1/servers/{local_id}"), Some(&admin))
+        .await
+        .expect_error(409, "conflict");
     let s = list
         .as_array()
         .unwrap()
@@ -354,7 +362,11 @@ async fn servers_are_created_listed_and_deleted_and_the_key_is_shown_once() {
         .await
         .expect_error(404, "not_found");
     let list = d.get("/api/v1/servers", Some(&admin)).await.expect(200);
-    assert_eq!(list, json!([]));
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "only the local host: {list}"
+    );
 }
 
 // ----- the agent socket -----
@@ -862,6 +874,7 @@ async fn the_logs_stream_carries_agent_lines_and_the_daemons_events() {
         "{got}"
     );
     assert_eq!(got["data"]["level"], "ERROR", "{got}");
+    assert_eq!(got["data"]["origin"], log.to_str().unwrap(), "{got}");
     assert!(!logs.seen.is_empty());
 
     // A command run on the host is logged there.
@@ -891,7 +904,7 @@ async fn the_logs_stream_carries_agent_lines_and_the_daemons_events() {
 
 #[tokio::test]
 async fn per_server_streams_need_a_valid_token_first() {
-    let d = daemon(&[]);
+    let d = daemon(&[("ORCHARD_HOSTS_METRICS_INTERVAL", "1")]);
     let admin = d.admin_token().await;
     let (id, _) = create_server(&d, &admin, "s").await;
     let mut s = J::open(&d, &format!("/api/v1/ws/metrics/{id}")).await;
@@ -910,10 +923,18 @@ async fn per_server_streams_need_a_valid_token_first() {
     s.send(&json!({"type": "auth", "token": nobody})).await;
     assert_eq!(s.next(T).await["type"], "error");
     assert_eq!(s.close_code(T).await, 4403);
-    // The local host is a server too.
-    let list = d.get("/api/v1/servers", Some(&admin)).await.expect(200);
-    assert_eq!(list.as_array().unwrap().len(), 1);
     let _ = J::stream(&d, "logs", &id, &admin).await;
+    // Unknown server: an error, then 4404.
+    let mut s = J::open(&d, "/api/v1/ws/metrics/no-such-server").await;
+    s.send(&json!({"type": "auth", "token": admin})).await;
+    assert_eq!(s.next(T).await["type"], "error");
+    assert_eq!(s.close_code(T).await, 4404);
+    // The local host is a server too: its stream carries the daemon's own samples.
+    let list = d.get("/api/v1/servers", Some(&admin)).await.expect(200);
+    let local = list[0]["server_id"].as_str().unwrap().to_owned();
+    let mut m = J::stream(&d, "metrics", &local, &admin).await;
+    m.expect(T, "the local host's metrics", |v| v["type"] == "metrics")
+        .await;
 }
 
 #[tokio::test]
@@ -1003,4 +1024,141 @@ async fn package_operations_run_through_the_agent_with_progress() {
         args.contains("install") && args.trim_end().ends_with("nginx"),
         "{args}"
     );
+}
+
+#[tokio::test]
+async fn the_local_host_runs_commands_only_with_agents_local_commands() {
+    for (allowed, env) in [(false, "false"), (true, "true")] {
+        let d = daemon(&[("ORCHARD_AGENTS_LOCAL_COMMANDS", env)]);
+        let admin = d.admin_token().await;
+        let list = d.get("/api/v1/servers", Some(&admin)).await.expect(200);
+        let local = list[0]["server_id"].as_str().unwrap().to_owned();
+        let mut c = J::channels(&d, &admin).await;
+        let r = c
+            .command(
+                "command_execution",
+                json!({"host_id": local, "command": "echo local"}),
+                "l",
+                T,
+            )
+            .await;
+        if allowed {
+            assert_eq!(r["type"], "response", "{r}");
+            assert_eq!(r["data"]["stdout"], "local\n", "{r}");
+            assert_eq!(r["data"]["exit_code"], 0, "{r}");
+        } else {
+            assert_eq!(r["data"]["code"], "COMMAND_FAILED", "{r}");
+            assert!(
+                r["data"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("agents.local_commands"),
+                "{r}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn docker_commands_reach_the_docker_engine_api_through_the_agent() {
+    let d = daemon(&[]);
+    let admin = d.admin_token().await;
+    let (id, key) = create_server(&d, &admin, "docker-host").await;
+    let kf = key_file(&d, &key);
+    // A stand-in Docker Engine on a unix socket: records the request line, answers 204.
+    let sock = d.root().join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let Ok(n) = s.read(&mut buf).await else { break };
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&got);
+            let _ = seen_tx.send(head.lines().next().unwrap_or("").to_owned());
+            let _ = s
+                .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let mut c = J::channels(&d, &admin).await;
+    c.subscribe("host_status", Some(json!({"host_id": id})))
+        .await;
+    let _agent = Agent::start_with_env(
+        &d,
+        &kf,
+        &["--allow-commands"],
+        &[("DOCKER_HOST", format!("unix://{}", sock.display()))],
+    );
+    c.expect(T, "online", |v| status_event(v, &id, "online"))
+        .await;
+    let r = c
+        .command(
+            "command_execution",
+            json!({"host_id": id, "docker": {"action": "restart", "container_id": "web_1"}}),
+            "d1",
+            T,
+        )
+        .await;
+    assert_eq!(r["type"], "response", "{r}");
+    assert_eq!(r["data"]["success"], true, "{r}");
+    assert_eq!(r["data"]["message"], "Container restarted", "{r}");
+    let line = tokio::time::timeout(T, seen_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, "POST /containers/web_1/restart HTTP/1.1");
+    // A container id that could escape the path is refused before any request.
+    let r = c
+        .command(
+            "command_execution",
+            json!({"host_id": id, "docker": {"action": "start", "container_id": "../x"}}),
+            "d2",
+            T,
+        )
+        .await;
+    assert_eq!(r["data"]["code"], "COMMAND_FAILED", "{r}");
+}
+
+#[tokio::test]
+async fn the_agent_forwards_journal_entries_with_their_priority() {
+    let d = daemon(&[]);
+    let admin = d.admin_token().await;
+    let (id, key) = create_server(&d, &admin, "journald").await;
+    let kf = key_file(&d, &key);
+    // A stand-in journalctl first on the agent's PATH: two entries, then it follows on.
+    let bin = d.root().join("fake-journal");
+    std::fs::create_dir(&bin).unwrap();
+    let jc = bin.join("journalctl");
+    std::fs::write(
+        &jc,
+        "#!/bin/sh\necho '{\"MESSAGE\":\"disk almost full\",\"PRIORITY\":\"4\",\"SYSLOG_IDENTIFIER\":\"monitor\"}'\necho 'not json'\nexec sleep 5\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&jc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut logs = J::stream(&d, "logs", &id, &admin).await;
+    let _agent = Agent::start_with_env(&d, &kf, &["--journal"], &[("PATH", path)]);
+    let e = logs
+        .expect(T, "the journal entry", |v| {
+            v["type"] == "log" && v["data"]["message"] == "disk almost full"
+        })
+        .await;
+    assert_eq!(e["data"]["level"], "WARNING", "{e}");
+    assert_eq!(e["data"]["origin"], "monitor", "{e}");
+    assert_eq!(e["data"]["source"], "agent", "{e}");
 }
