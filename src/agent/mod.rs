@@ -128,6 +128,17 @@ pub fn run(opts: Options) -> Result<(), String> {
     if key.is_empty() {
         return Err(format!("{} is empty", opts.api_key_file.display()));
     }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&opts.api_key_file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                file = %opts.api_key_file.display(),
+                "the API key file is readable by others; chmod 600 it"
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -242,10 +242,19 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, String)],
     ) -> Self {
+        Self::spawn(&format!("ws://{}", d.addr()), key_file, extra, env)
+    }
+
+    fn spawn(
+        server: &str,
+        key_file: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let mut cmd = orchard_command();
         cmd.arg("agent")
             .arg("--server")
-            .arg(format!("ws://{}", d.addr()))
+            .arg(server)
             .arg("--api-key-file")
             .arg(key_file)
             .args(["--metrics-interval", "0.5"])
@@ -1161,4 +1170,140 @@ async fn the_agent_forwards_journal_entries_with_their_priority() {
     assert_eq!(e["data"]["level"], "WARNING", "{e}");
     assert_eq!(e["data"]["origin"], "monitor", "{e}");
     assert_eq!(e["data"]["source"], "agent", "{e}");
+}
+
+/// A stand-in server: accepts agents on loopback and hands each socket to the test.
+async fn fake_server() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<WebSocketStream<TcpStream>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                let _ = tx.send(ws);
+            }
+        }
+    });
+    (url, rx)
+}
+
+async fn next_text(ws: &mut WebSocketStream<TcpStream>, want: &str) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == want {
+                    return v;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("waiting for {want}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_agent_survives_bad_server_messages_and_reconnects_with_a_fresh_auth() {
+    let root = tempfile::tempdir().unwrap();
+    let kf = root.path().join("key");
+    std::fs::write(&kf, "orch_test_key\n").unwrap();
+    let (url, mut conns) = fake_server().await;
+    let agent = Agent::spawn(&url, &kf, &[], &[]);
+
+    let mut ws = tokio::time::timeout(T, conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let auth = next_text(&mut ws, "auth").await;
+    assert_eq!(auth["api_key"], "orch_test_key", "{auth}");
+    ws.send(Message::text(
+        r#"{"type":"auth_success","server_id":"s1","message":"ok"}"#,
+    ))
+    .await
+    .unwrap();
+    let m = next_text(&mut ws, "metrics").await;
+    assert_eq!(m["server_id"], "s1", "{m}");
+    assert!(
+        m["cpu_percent"].is_number() && m["memory_percent"].is_number(),
+        "{m}"
+    );
+    assert!(m["disk_usage"].is_array() && m["network"].is_array(), "{m}");
+    for bad in [
+        "not json",
+        "[1,2,3]",
+        r#"{"type":5}"#,
+        r#"{"type":"command"}"#,
+        r#"{"type":"command","command_id":{"x":1},"command":7,"timeout":-1}"#,
+        r#"{"type":"docker_command","command_id":"d"}"#,
+        r#"{"type":"package_operation","command_id":"p","operation":"x"}"#,
+        r#"{"type":"something_new"}"#,
+    ] {
+        ws.send(Message::text(bad)).await.unwrap();
+    }
+    ws.send(Message::binary(vec![0u8, 159, 146, 150]))
+        .await
+        .unwrap();
+    // Still alive: it answers a real command (with the refusal: no --allow-commands).
+    ws.send(Message::text(
+        r#"{"type":"command","command_id":"c1","command":"true","timeout":5}"#,
+    ))
+    .await
+    .unwrap();
+    let r = loop {
+        let r = next_text(&mut ws, "command_response").await;
+        if r["command_id"] == "c1" {
+            break r;
+        }
+    };
+    assert!(
+        r["error"].as_str().unwrap().contains("--allow-commands"),
+        "{r}"
+    );
+
+    // The server goes away: the agent reconnects and authenticates again.
+    drop(ws);
+    let mut ws = tokio::time::timeout(Duration::from_secs(30), conns.recv())
+        .await
+        .expect("a reconnect")
+        .unwrap();
+    let auth = next_text(&mut ws, "auth").await;
+    assert_eq!(auth["api_key"], "orch_test_key", "{auth}");
+    // A refusal is not fatal either: it tries again later.
+    ws.send(Message::text(
+        r#"{"type":"error","message":"Invalid or inactive API key"}"#,
+    ))
+    .await
+    .unwrap();
+    drop(ws);
+    let mut ws = tokio::time::timeout(Duration::from_secs(30), conns.recv())
+        .await
+        .expect("another reconnect")
+        .unwrap();
+    next_text(&mut ws, "auth").await;
+    let logs = agent.logs();
+    assert!(logs.contains("Invalid or inactive API key"), "{logs}");
+    assert!(
+        !logs.contains("orch_test_key"),
+        "the key is never logged: {logs}"
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+#[tokio::test]
+async fn the_agent_refuses_plain_ws_beyond_loopback() {
+    let root = tempfile::tempdir().unwrap();
+    let kf = root.path().join("key");
+    std::fs::write(&kf, "k\n").unwrap();
+    for server in ["ws://example.invalid:8080", "wss://example.invalid"] {
+        let mut cmd = orchard_command();
+        cmd.args(["agent", "--server", server, "--api-key-file"])
+            .arg(&kf);
+        let out = crate::harness::run_to_exit(cmd, None, crate::harness::EXIT_TIMEOUT);
+        let err = crate::harness::assert_clean_failure(&out);
+        assert!(err.contains("loopback"), "{server}: {err}");
+    }
 }
