@@ -1,8 +1,9 @@
 //! `orchard agent`: connects to a daemon's `/api/v1/agents/ws`, authenticates with its API
 //! key, sends sysinfo metrics every interval, runs commands, docker commands and package
-//! operations when allowed (`--allow-commands`), forwards log lines from files, and
-//! reconnects with exponential backoff and jitter after any loss. A bad message from the
-//! server is logged and skipped, never fatal.
+//! operations when allowed (`--allow-commands`), forwards log lines from files and the
+//! journal, and reconnects with exponential backoff and jitter after any loss. A bad message
+//! from the server is logged and skipped, never fatal. `wss://` verifies the server against
+//! the system's roots or `--ca-file`; plain `ws://` is only for loopback.
 
 pub mod docker;
 pub mod exec;
@@ -45,15 +46,18 @@ pub struct Options {
     pub journal: bool,
 }
 
-/// Where to connect: host, port, and the request URL.
+/// Where to connect: the address to dial, the TLS server name (for `wss://`), and the
+/// request URL.
 #[derive(Debug, PartialEq)]
 pub struct Endpoint {
     pub addr: String,
     pub url: String,
+    /// The name the server's certificate must carry; `None` for plain `ws://`.
+    pub tls_name: Option<String>,
 }
 
-/// Checks and completes the server URL: `ws://` (or `http://`) only to a loopback address;
-/// `/api/v1/agents/ws` when no path is given.
+/// Checks and completes the server URL: `wss://` (or `https://`) anywhere, `ws://` (or
+/// `http://`) only to a loopback address; `/api/v1/agents/ws` when no path is given.
 pub fn endpoint(server: &str) -> Result<Endpoint, String> {
     let (scheme, rest) = server
         .split_once("://")
@@ -88,39 +92,46 @@ pub fn endpoint(server: &str) -> Result<Endpoint, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let loopback = bare.eq_ignore_ascii_case("localhost")
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if tls {
-        return Err(
-            "wss:// is not available in this build (no TLS client yet); reach the daemon over loopback with ws://127.0.0.1:PORT, e.g. through an SSH tunnel"
-                .into(),
-        );
-    }
-    if !loopback {
+    if !tls && !loopback {
         return Err(format!(
-            "refusing plain ws:// to {host}: without TLS the API key would cross the network in clear; ws:// is only for loopback (wss:// is not available in this build)"
+            "refusing plain ws:// to {host}: the API key would cross the network in clear; ws:// is only for loopback, use wss://"
         ));
+    }
+    if bare.is_empty() {
+        return Err(format!("--server {server:?}: expected ws://HOST:PORT"));
     }
     let path = if path.is_empty() || path == "/" {
         "/api/v1/agents/ws"
     } else {
         path
     };
-    let addr = if bare.eq_ignore_ascii_case("localhost") {
+    let addr = if bare.eq_ignore_ascii_case("localhost") && !tls {
         format!("127.0.0.1:{port}")
+    } else if let Ok(ip) = bare.parse::<IpAddr>() {
+        SocketAddr::new(ip, port).to_string()
     } else {
-        SocketAddr::new(bare.parse().map_err(|_| "bad address".to_owned())?, port).to_string()
+        format!("{bare}:{port}")
     };
+    let scheme = if tls { "wss" } else { "ws" };
     Ok(Endpoint {
-        url: format!("ws://{authority}{path}"),
+        url: format!("{scheme}://{authority}{path}"),
         addr,
+        tls_name: tls.then(|| bare.to_owned()),
     })
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub fn run(opts: Options) -> Result<(), String> {
     let ep = endpoint(&opts.server)?;
-    if opts.ca_file.is_some() {
-        tracing::warn!("--ca-file is ignored: this build has no TLS client (loopback ws:// only)");
-    }
+    let tls = match &ep.tls_name {
+        Some(_) => Some(tls_config(opts.ca_file.as_deref())?),
+        None => {
+            if opts.ca_file.is_some() {
+                tracing::warn!("--ca-file is ignored for ws://");
+            }
+            None
+        }
+    };
     let key = std::fs::read_to_string(&opts.api_key_file)
         .map_err(|e| format!("cannot read {}: {e}", opts.api_key_file.display()))?
         .trim()
@@ -149,7 +160,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         let stop = crate::server::shutdown_signal()
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tokio::select! {
-            () = agent_loop(ep, key, opts) => {}
+            () = agent_loop(ep, tls, key, opts) => {}
             () = stop => tracing::info!("agent stopping"),
         }
         Ok::<(), String>(())
@@ -187,7 +198,53 @@ impl Backoff {
     }
 }
 
-async fn agent_loop(ep: Endpoint, key: String, opts: Options) {
+/// The TLS client configuration: the certificates of `--ca-file`, else the system's roots.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read --ca-file {}: {e}", path.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(match ca_file {
+            Some(p) => format!("--ca-file {} holds no certificate", p.display()),
+            None => {
+                "no trusted root certificates on this system; give the server's CA with --ca-file"
+                    .into()
+            }
+        });
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+async fn agent_loop(
+    ep: Endpoint,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    key: String,
+    opts: Options,
+) {
     let sampler = match tokio::task::spawn_blocking(Sampler::new).await {
         Ok(Some(s)) => Some(Arc::new(Mutex::new(s))),
         _ => {
@@ -205,7 +262,16 @@ async fn agent_loop(ep: Endpoint, key: String, opts: Options) {
     drop(log_tx);
     let mut backoff = Backoff::new();
     loop {
-        match session(&ep, &key, &opts, sampler.as_ref(), &mut log_rx).await {
+        match connect_and_run(
+            &ep,
+            tls.as_ref(),
+            &key,
+            &opts,
+            sampler.as_ref(),
+            &mut log_rx,
+        )
+        .await
+        {
             Ok(()) => {
                 tracing::warn!("connection to the server lost; reconnecting");
                 backoff.reset();
@@ -218,12 +284,10 @@ async fn agent_loop(ep: Endpoint, key: String, opts: Options) {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
-
-/// One connection: `Ok` after an authenticated session ended, `Err` when it never got
-/// that far.
-async fn session(
+/// Dials the server (TLS for `wss://`) and runs one session over the connection.
+async fn connect_and_run(
     ep: &Endpoint,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     key: &str,
     opts: &Options,
     sampler: Option<&Arc<Mutex<Sampler>>>,
@@ -233,6 +297,37 @@ async fn session(
         .await
         .map_err(|_| format!("connecting to {} timed out", ep.addr))?
         .map_err(|e| format!("cannot connect to {}: {e}", ep.addr))?;
+    match (tls, &ep.tls_name) {
+        (Some(config), Some(name)) => {
+            let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|e| format!("bad TLS server name {name:?}: {e}"))?;
+            let stream = tokio::time::timeout(
+                AUTH_WAIT,
+                tokio_rustls::TlsConnector::from(config.clone()).connect(server_name, tcp),
+            )
+            .await
+            .map_err(|_| "TLS handshake timed out".to_owned())?
+            .map_err(|e| format!("TLS handshake with {name} failed: {e}"))?;
+            session(stream, ep, key, opts, sampler, logs).await
+        }
+        _ => session(tcp, ep, key, opts, sampler, logs).await,
+    }
+}
+
+/// One connection: `Ok` after an authenticated session ended, `Err` when it never got
+/// that far.
+async fn session<S>(
+    stream: S,
+    ep: &Endpoint,
+    key: &str,
+    opts: &Options,
+    sampler: Option<&Arc<Mutex<Sampler>>>,
+    logs: &mut mpsc::Receiver<Value>,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let tcp = stream;
     let (mut ws, _) = tokio::time::timeout(
         AUTH_WAIT,
         tokio_tungstenite::client_async(ep.url.as_str(), tcp),
@@ -342,7 +437,13 @@ async fn session(
     }
 }
 
-async fn send(ws: &mut Ws, v: &Value) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn send<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    v: &Value,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     ws.send(Message::text(v.to_string())).await
 }
 
@@ -579,7 +680,16 @@ mod tests {
             endpoint("ws://127.0.0.1:8080").unwrap(),
             Endpoint {
                 addr: "127.0.0.1:8080".into(),
-                url: "ws://127.0.0.1:8080/api/v1/agents/ws".into()
+                url: "ws://127.0.0.1:8080/api/v1/agents/ws".into(),
+                tls_name: None,
+            }
+        );
+        assert_eq!(
+            endpoint("wss://orchard.example.com").unwrap(),
+            Endpoint {
+                addr: "orchard.example.com:443".into(),
+                url: "wss://orchard.example.com/api/v1/agents/ws".into(),
+                tls_name: Some("orchard.example.com".into()),
             }
         );
         assert_eq!(
@@ -592,7 +702,11 @@ mod tests {
                 .unwrap_err()
                 .contains("loopback")
         );
-        assert!(endpoint("wss://example.com").unwrap_err().contains("TLS"));
+        assert!(
+            endpoint("http://example.com")
+                .unwrap_err()
+                .contains("wss://")
+        );
         assert!(endpoint("ftp://x").is_err());
         assert!(endpoint("127.0.0.1:8080").is_err());
     }

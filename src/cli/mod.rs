@@ -46,7 +46,7 @@ pub enum Command {
     },
     /// Run the host agent: connect to a daemon, send this host's metrics, run its jobs
     Agent {
-        /// The daemon, ws://HOST:PORT (loopback only: this build has no TLS client)
+        /// The daemon: wss://HOST[:PORT], or ws://127.0.0.1:PORT on loopback
         #[arg(long, value_name = "URL")]
         server: String,
         /// File holding the API key of this server (never given in argv)
@@ -55,7 +55,7 @@ pub enum Command {
         /// Run commands, docker commands and package operations sent by the daemon
         #[arg(long)]
         allow_commands: bool,
-        /// CA certificate for wss:// (reserved: TLS is not available in this build)
+        /// CA certificates (PEM) to verify a wss:// server with, instead of the system's
         #[arg(long, value_name = "FILE")]
         ca_file: Option<PathBuf>,
         /// Seconds between metrics messages

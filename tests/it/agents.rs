@@ -1190,7 +1190,10 @@ async fn fake_server() -> (
     (url, rx)
 }
 
-async fn next_text(ws: &mut WebSocketStream<TcpStream>, want: &str) -> Value {
+async fn next_text<S>(ws: &mut WebSocketStream<S>, want: &str) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let deadline = Instant::now() + T;
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -1294,11 +1297,71 @@ async fn the_agent_survives_bad_server_messages_and_reconnects_with_a_fresh_auth
 }
 
 #[tokio::test]
+async fn the_agent_speaks_wss_and_verifies_the_server_against_ca_file() {
+    let root = tempfile::tempdir().unwrap();
+    let kf = root.path().join("key");
+    std::fs::write(&kf, "orch_tls_key\n").unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca = root.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![ck.cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut conns) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            if let Ok(ws) = tokio_tungstenite::accept_async(tls).await {
+                let _ = tx.send(ws);
+            }
+        }
+    });
+    let url = format!("wss://localhost:{port}");
+
+    // Verified against --ca-file: authenticates over TLS.
+    let ca_arg = ca.to_str().unwrap().to_owned();
+    let trusting = Agent::spawn(&url, &kf, &["--ca-file", &ca_arg], &[]);
+    let mut ws = tokio::time::timeout(T, conns.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let auth = next_text(&mut ws, "auth").await;
+    assert_eq!(auth["api_key"], "orch_tls_key", "{auth}");
+    drop(ws);
+    drop(trusting);
+
+    // Without it the self-signed certificate is refused, and nothing is sent.
+    let doubting = Agent::spawn(&url, &kf, &[], &[]);
+    crate::harness::eventually(T, "a refused certificate in the agent's log", || {
+        let logs = doubting.logs();
+        async move { logs.contains("TLS handshake").then_some(()) }
+    })
+    .await;
+    assert!(
+        conns.try_recv().is_err(),
+        "no WebSocket without a verified server"
+    );
+}
+
+#[tokio::test]
 async fn the_agent_refuses_plain_ws_beyond_loopback() {
     let root = tempfile::tempdir().unwrap();
     let kf = root.path().join("key");
     std::fs::write(&kf, "k\n").unwrap();
-    for server in ["ws://example.invalid:8080", "wss://example.invalid"] {
+    for server in ["ws://example.invalid:8080", "http://192.0.2.1"] {
         let mut cmd = orchard_command();
         cmd.args(["agent", "--server", server, "--api-key-file"])
             .arg(&kf);
