@@ -468,6 +468,29 @@ fn metrics_message(server_id: &str, m: &crate::hosts::HostMetrics) -> Value {
     })
 }
 
+/// The most a command's output may take in its answer, once JSON-encoded: well under the
+/// server's 1 MiB limit on agent messages (escaping can make output six times larger).
+const ANSWER_BUDGET: usize = 768 * 1024;
+
+/// Shortens the longer of the two outputs until both fit the answer budget.
+fn fit(mut stdout: String, mut stderr: String) -> (String, String) {
+    let encoded = |s: &str| serde_json::to_string(s).map_or(s.len(), |e| e.len());
+    while encoded(&stdout) + encoded(&stderr) > ANSWER_BUDGET {
+        let longer = if stdout.len() >= stderr.len() {
+            &mut stdout
+        } else {
+            &mut stderr
+        };
+        let mut cut = longer.len() / 2;
+        while !longer.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        longer.truncate(cut);
+        longer.push_str("\n[output shortened to fit the answer]");
+    }
+    (stdout, stderr)
+}
+
 /// Handles one server message; jobs run in their own tasks and answer through `out`.
 fn on_server_text(text: &str, allow: bool, out: &mpsc::UnboundedSender<Value>) {
     let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(text) else {
@@ -520,8 +543,11 @@ fn on_server_text(text: &str, allow: bool, out: &mpsc::UnboundedSender<Value>) {
             tokio::spawn(async move {
                 tracing::info!("running a command from the server");
                 let v = match exec::run_shell(&command, timeout).await {
-                    Ok(o) => json!({"type": response, "command_id": id, "exit_code": o.exit_code,
-                        "stdout": o.stdout, "stderr": o.stderr, "duration_ms": o.duration_ms}),
+                    Ok(o) => {
+                        let (stdout, stderr) = fit(o.stdout, o.stderr);
+                        json!({"type": response, "command_id": id, "exit_code": o.exit_code,
+                            "stdout": stdout, "stderr": stderr, "duration_ms": o.duration_ms})
+                    }
                     Err(e) => json!({"type": response, "command_id": id, "error": e}),
                 };
                 let _ = out.send(v);
@@ -709,6 +735,17 @@ mod tests {
         );
         assert!(endpoint("ftp://x").is_err());
         assert!(endpoint("127.0.0.1:8080").is_err());
+    }
+
+    #[test]
+    fn outputs_fit_the_answer() {
+        let noisy = "\u{1}".repeat(exec::OUTPUT_LIMIT);
+        let (o, e) = fit(noisy.clone(), noisy);
+        let size =
+            serde_json::to_string(&o).unwrap().len() + serde_json::to_string(&e).unwrap().len();
+        assert!(size <= ANSWER_BUDGET, "{size}");
+        assert!(o.ends_with("[output shortened to fit the answer]"));
+        assert_eq!(fit("a".into(), "b".into()), ("a".into(), "b".into()));
     }
 
     #[test]

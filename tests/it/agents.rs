@@ -1370,3 +1370,42 @@ async fn the_agent_refuses_plain_ws_beyond_loopback() {
         assert!(err.contains("loopback"), "{server}: {err}");
     }
 }
+
+#[tokio::test]
+async fn alerts_about_a_server_reach_its_streams() {
+    let d = daemon(&[]);
+    let admin = d.admin_token().await;
+    let (id, key) = create_server(&d, &admin, "watched").await;
+    let mut logs = J::stream(&d, "logs", &id, &admin).await;
+    let mut metrics = J::stream(&d, "metrics", &id, &admin).await;
+    let (a, _) = J::agent(&d, &key).await;
+    logs.expect(T, "the connect line", |v| {
+        v["type"] == "log" && v["data"]["message"] == "agent connected"
+    })
+    .await;
+    drop(a);
+    let alert = |v: &Value| {
+        v["type"] == "alert"
+            && v["data"]["category"] == "host_status"
+            && v["data"]["state"] == "raised"
+            && v["data"]["host_id"] == id.as_str()
+    };
+    logs.expect(T, "the disconnect line", |v| {
+        v["type"] == "log" && v["data"]["message"] == "agent disconnected"
+    })
+    .await;
+    let e = logs.expect(T, "the offline alert", alert).await;
+    assert_eq!(e["data"]["severity"], "critical", "{e}");
+    logs.expect(T, "the alert's log line", |v| {
+        v["type"] == "log"
+            && v["data"]["level"] == "CRITICAL"
+            && v["data"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Host offline")
+    })
+    .await;
+    metrics
+        .expect(T, "the offline alert on the metrics stream", alert)
+        .await;
+}
