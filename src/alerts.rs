@@ -139,6 +139,7 @@ impl Alerts {
                 });
                 out
             }
+            HostEvent::Added => Vec::new(),
             HostEvent::Removed { host_id } => {
                 // A deleted host's alerts end with it.
                 let active = self.active.lock().unwrap_or_else(|p| p.into_inner());

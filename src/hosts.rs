@@ -63,6 +63,8 @@ pub enum HostEvent {
         hostname: String,
         metrics: Arc<HostMetrics>,
     },
+    /// A new agent host was registered (offline until its agent connects).
+    Added,
     /// An agent host was deleted (after going offline, if it was online).
     Removed { host_id: String },
 }
@@ -161,18 +163,26 @@ impl Hosts {
         hosts.get(host_id).map(|h| h.hostname.clone())
     }
 
-    /// Registers an agent host as offline, without an event (start-up, or a new server that
-    /// has not connected yet).
+    /// Registers an agent host as offline (start-up, or a new server that has not connected
+    /// yet); no status event, only [`HostEvent::Added`] for the fleet totals.
     pub fn add_offline(&self, host_id: &str, hostname: &str) {
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
-        hosts.entry(host_id.to_owned()).or_insert_with(|| Host {
-            host_id: host_id.to_owned(),
-            hostname: hostname.to_owned(),
-            status: "offline",
-            local: false,
-            last_seen: None,
-            metrics: None,
-        });
+        if hosts.contains_key(host_id) {
+            return;
+        }
+        hosts.insert(
+            host_id.to_owned(),
+            Host {
+                host_id: host_id.to_owned(),
+                hostname: hostname.to_owned(),
+                status: "offline",
+                local: false,
+                last_seen: None,
+                metrics: None,
+            },
+        );
+        drop(hosts);
+        let _ = self.events.send(HostEvent::Added);
     }
 
     /// Forgets an agent host (never the local one).

@@ -252,7 +252,7 @@ impl Hub {
                             };
                         }
                     }
-                    Ok(HostEvent::Removed { .. }) => hub.fleet(&st),
+                    Ok(HostEvent::Added | HostEvent::Removed { .. }) => hub.fleet(&st),
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,
                 }

@@ -430,8 +430,16 @@ async fn agent_auth_ok_wrong_late_and_revoked() {
 async fn agent_metrics_in_both_shapes_feed_host_channels_and_the_metrics_stream() {
     let d = daemon(&[]);
     let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "web-02").await;
     let mut c = J::channels(&d, &admin).await;
+    c.subscribe("fleet_status", None).await;
+    let (id, key) = create_server(&d, &admin, "web-02").await;
+    // A new server changes the fleet totals at once.
+    c.expect(T, "fleet with the new server", |v| {
+        event_of(v, "fleet_status")
+            && v["data"]["total_hosts"] == 2
+            && v["data"]["offline_hosts"] == 1
+    })
+    .await;
     c.subscribe("host_status", Some(json!({"host_id": id})))
         .await;
     // Registered but never connected: offline.
