@@ -153,25 +153,30 @@ pub async fn serve_agent(
     tracing::info!(server_id = server.server_id, "agent disconnected");
 }
 
-/// `/api/v1/ws/metrics/{server_id}` and `/api/v1/ws/logs/{server_id}`.
+/// `/api/v1/ws/metrics/{server_id}` and `/api/v1/ws/logs/{server_id}`. The token comes in
+/// the first message (document C), or with the request like every other WebSocket
+/// (contract 2); a later `auth` message is answered again.
 pub async fn serve_stream(
     state: AppState,
     mut ws: Socket,
     server_id: String,
     kind: StreamKind,
+    request_token: Option<String>,
     unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let first = match first_message(&state, &mut ws).await {
-        Ok(m) => m,
-        Err((msg, close)) => {
-            conn::refuse(ws, msg, close).await;
-            return;
-        }
+    let token = match request_token {
+        Some(t) => Some(t),
+        None => match first_message(&state, &mut ws).await {
+            Ok(first) => first
+                .get("token")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            Err((msg, close)) => {
+                conn::refuse(ws, msg, close).await;
+                return;
+            }
+        },
     };
-    let token = first
-        .get("token")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
     let authenticated = crate::auth::authenticate(&state, token.as_deref()).await;
     drop(unauthenticated);
     let Ok(actor) = authenticated else {
@@ -209,11 +214,12 @@ pub async fn serve_stream(
     let _registration = state
         .ws
         .register(&actor, Some(Permission::ViewAllVms), &ctl);
-    ctl.send(Text::from(
+    let welcome = Text::from(
         json!({"type": "auth_success", "server_id": server_id, "hostname": hostname,
             "timestamp": now_iso()})
         .to_string(),
-    ));
+    );
+    ctl.send(welcome.clone());
     if kind == StreamKind::Metrics
         && let Some(m) = state
             .hosts
@@ -232,6 +238,9 @@ pub async fn serve_stream(
         match serde_json::from_str::<Value>(text) {
             Ok(v) if v["type"] == "ping" || v["type"] == "heartbeat" => {
                 c.send(stream_message("pong", &json!({})));
+            }
+            Ok(v) if v["type"] == "auth" => {
+                c.send(welcome.clone());
             }
             Ok(Value::Object(_)) => {}
             _ => {

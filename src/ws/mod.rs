@@ -179,7 +179,7 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
             Endpoint::Channels => channels::serve(state, ws, token, unauth).await,
             Endpoint::Agent => agents::serve_agent(state, ws, unauth).await,
             Endpoint::ServerStream(id, kind) => {
-                agents::serve_stream(state, ws, id, kind, unauth).await;
+                agents::serve_stream(state, ws, id, kind, token, unauth).await;
             }
         }
     };

@@ -941,6 +941,11 @@ async fn per_server_streams_need_a_valid_token_first() {
     assert_eq!(s.next(T).await["type"], "error");
     assert_eq!(s.close_code(T).await, 4403);
     let _ = J::stream(&d, "logs", &id, &admin).await;
+    // Like every WebSocket, the token may also come with the request.
+    let mut q = J::open(&d, &format!("/api/v1/ws/logs/{id}?token={admin}")).await;
+    assert_eq!(q.next(T).await["type"], "auth_success");
+    q.send(&json!({"type": "auth", "token": admin})).await;
+    assert_eq!(q.next(T).await["type"], "auth_success");
     // Unknown server: an error, then 4404.
     let mut s = J::open(&d, "/api/v1/ws/metrics/no-such-server").await;
     s.send(&json!({"type": "auth", "token": admin})).await;
