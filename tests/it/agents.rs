@@ -1422,3 +1422,43 @@ async fn alerts_about_a_server_reach_its_streams() {
         .expect(T, "the offline alert on the metrics stream", alert)
         .await;
 }
+
+#[tokio::test]
+async fn threshold_rules_apply_to_agent_metrics() {
+    let d = Daemon::builder()
+        .env("ORCHARD_ALERTS_DISK_WARNING", "80")
+        .env("ORCHARD_ALERTS_DISK_CRITICAL", "90")
+        .env("ORCHARD_ALERTS_MEMORY_WARNING", "1000")
+        .env("ORCHARD_ALERTS_MEMORY_CRITICAL", "1001")
+        .start();
+    let admin = d.admin_token().await;
+    let (id, key) = create_server(&d, &admin, "full-disk").await;
+    let mut c = J::channels(&d, &admin).await;
+    c.subscribe("system_alerts", None).await;
+    let (mut a, _) = J::agent(&d, &key).await;
+    a.send(
+        &json!({"type": "metrics", "cpu_percent": 1, "memory_percent": 2,
+        "disk_usage": [{"mount": "/data", "percent": 95}]}),
+    )
+    .await;
+    let is_disk = |v: &Value, state: &str| {
+        event_of(v, "system_alerts")
+            && v["data"]["host_id"] == id.as_str()
+            && v["data"]["category"] == "disk_space"
+            && v["data"]["state"] == state
+    };
+    let e = c.expect(T, "a disk alert", |v| is_disk(v, "raised")).await;
+    assert_eq!(e["data"]["severity"], "critical", "{e}");
+    assert_eq!(e["data"]["hostname"], "full-disk", "{e}");
+    assert!(
+        e["data"]["message"].as_str().unwrap().contains("/data"),
+        "{e}"
+    );
+    a.send(
+        &json!({"type": "metrics", "data": {"cpu_percent": 1, "memory_percent": 2,
+        "disk_usage": {"/data": 10}}}),
+    )
+    .await;
+    c.expect(T, "the alert cleared", |v| is_disk(v, "cleared"))
+        .await;
+}
