@@ -41,12 +41,19 @@ async fn first_message(
     ws.set_max_message(UNAUTHENTICATED_MAX);
     let wait = Duration::from_secs(state.config.agents.auth_timeout.max(1));
     let unauthorized = |why: &'static str| CloseWith::new(code::UNAUTHORIZED, why);
+    // One deadline for the whole wait: pings do not extend it.
+    let deadline = tokio::time::Instant::now() + wait;
     let text = loop {
-        match tokio::time::timeout(wait, ws.read()).await {
+        match tokio::time::timeout_at(deadline, ws.read()).await {
             Err(_) => return Err((None, unauthorized("authentication timed out"))),
             Ok(Ok(Incoming::Text(t))) => break t,
             Ok(Ok(Incoming::Ping | Incoming::Pong)) => {
-                let _ = ws.flush().await;
+                if !matches!(
+                    tokio::time::timeout_at(deadline, ws.flush()).await,
+                    Ok(Ok(()))
+                ) {
+                    return Err((None, unauthorized("authentication timed out")));
+                }
             }
             Ok(Ok(Incoming::Binary)) => {
                 return Err((
