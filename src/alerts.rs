@@ -191,6 +191,24 @@ impl Alerts {
                 out.extend(vanished);
                 out
             }
+            HostEvent::Added => Vec::new(),
+            HostEvent::Removed { host_id } => {
+                // A deleted host's alerts end with it.
+                let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+                active
+                    .iter()
+                    .filter(|(_, a)| a.record.host_id.as_deref() == Some(host_id.as_str()))
+                    .map(|(key, a)| Finding {
+                        key: key.clone(),
+                        severity: None,
+                        title: a.record.title.clone(),
+                        message: a.record.message.clone(),
+                        category: "host_status",
+                        host: None,
+                        machine: None,
+                    })
+                    .collect()
+            }
             HostEvent::Status {
                 host_id,
                 hostname,

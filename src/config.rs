@@ -273,9 +273,15 @@ impl Default for Clusters {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Agents {
+    /// Seconds an agent (or a per-server stream client) has to send its `auth` message.
     pub auth_timeout: u64,
+    /// Longest a command or docker command may run, in seconds.
     pub command_timeout: u64,
+    /// Longest a package operation may run, in seconds.
+    pub package_timeout: u64,
     pub local_commands: bool,
+    /// Largest incoming message on an authenticated agent socket (1009 above).
+    pub max_message: u64,
 }
 
 impl Default for Agents {
@@ -283,7 +289,9 @@ impl Default for Agents {
         Self {
             auth_timeout: 10,
             command_timeout: 30,
+            package_timeout: 600,
             local_commands: false,
+            max_message: 1024 * 1024,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Hosts: the local hypervisor host (sampled with sysinfo) and, later, agent hosts, with
+//! Hosts: the local hypervisor host (sampled with sysinfo) and the agent hosts, with
 //! their status and latest metrics. Every change is published once on a bus that the
 //! channels API and the alert rules follow; `fleet_status` totals derive from here.
 
@@ -63,6 +63,10 @@ pub enum HostEvent {
         hostname: String,
         metrics: Arc<HostMetrics>,
     },
+    /// A new agent host was registered (offline until its agent connects).
+    Added,
+    /// An agent host was deleted (after going offline, if it was online).
+    Removed { host_id: String },
 }
 
 pub struct Hosts {
@@ -148,11 +152,57 @@ impl Hosts {
         });
     }
 
+    /// Whether `host_id` is the built-in local host.
+    pub fn is_local(&self, host_id: &str) -> bool {
+        host_id == self.local_id
+    }
+
+    /// The hostname of a known host.
+    pub fn hostname(&self, host_id: &str) -> Option<String> {
+        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        hosts.get(host_id).map(|h| h.hostname.clone())
+    }
+
+    /// Registers an agent host as offline (start-up, or a new server that has not connected
+    /// yet); no status event, only [`HostEvent::Added`] for the fleet totals.
+    pub fn add_offline(&self, host_id: &str, hostname: &str) {
+        let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
+        if hosts.contains_key(host_id) {
+            return;
+        }
+        hosts.insert(
+            host_id.to_owned(),
+            Host {
+                host_id: host_id.to_owned(),
+                hostname: hostname.to_owned(),
+                status: "offline",
+                local: false,
+                last_seen: None,
+                metrics: None,
+            },
+        );
+        drop(hosts);
+        let _ = self.events.send(HostEvent::Added);
+    }
+
+    /// Forgets an agent host (never the local one).
+    pub fn remove(&self, host_id: &str) {
+        if host_id == self.local_id {
+            return;
+        }
+        let removed = self
+            .hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host_id);
+        if removed.is_some() {
+            let _ = self.events.send(HostEvent::Removed {
+                host_id: host_id.to_owned(),
+            });
+        }
+    }
+
     /// Adds or updates a host and publishes a status change when there is one.
-    #[expect(
-        dead_code,
-        reason = "agent hosts come and go through this in the agents issue (8)"
-    )]
     pub fn set_status(&self, host_id: &str, hostname: &str, status: &'static str) {
         let previous = {
             let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
@@ -190,57 +240,13 @@ impl Hosts {
         let spawned = std::thread::Builder::new()
             .name("orchard-sampler".into())
             .spawn(move || {
-                let Ok(mut sys) = sysinfo::System::new() else {
+                let Some(mut sampler) = Sampler::new() else {
                     tracing::warn!("cannot read this host's figures; local metrics are off");
                     return;
                 };
-                let mut disks = sysinfo::Disks::new_with_refreshed_list().ok();
-                let mut nets = sysinfo::Networks::new_with_refreshed_list().ok();
-                sys.refresh_cpu_usage();
                 loop {
                     std::thread::sleep(period.max(Duration::from_millis(250)));
-                    sys.refresh_cpu_usage();
-                    sys.refresh_memory();
-                    let total = sys.total_memory().max(1);
-                    let mut m = HostMetrics {
-                        cpu_usage: round(f64::from(sys.global_cpu_usage())),
-                        memory_usage: round(sys.used_memory() as f64 * 100.0 / total as f64),
-                        disk_usage: BTreeMap::new(),
-                        load_average: sysinfo::System::load_average()
-                            .map(|l| [l.one, l.five, l.fifteen])
-                            .unwrap_or_default(),
-                        disks: Vec::new(),
-                        network: Vec::new(),
-                    };
-                    if let Some(d) = disks.as_mut() {
-                        d.refresh(true);
-                        for disk in d.iter() {
-                            let total = disk.total_space();
-                            if total == 0 {
-                                continue;
-                            }
-                            let mount = disk.mount_point().to_string_lossy().into_owned();
-                            let used = total.saturating_sub(disk.available_space());
-                            m.disk_usage
-                                .insert(mount.clone(), round(used as f64 * 100.0 / total as f64));
-                            m.disks.push(DiskMetric {
-                                mount,
-                                total_bytes: total,
-                                used_bytes: used,
-                            });
-                        }
-                    }
-                    if let Some(n) = nets.as_mut() {
-                        n.refresh(true);
-                        for (name, data) in n.iter() {
-                            m.network.push(NetMetric {
-                                interface: name.to_string_lossy().into_owned(),
-                                rx_bytes: data.total_received(),
-                                tx_bytes: data.total_transmitted(),
-                            });
-                        }
-                        m.network.sort_by(|a, b| a.interface.cmp(&b.interface));
-                    }
+                    let m = sampler.sample();
                     let id = me.local_id.clone();
                     me.record_metrics(&id, m);
                 }
@@ -266,6 +272,73 @@ impl Hosts {
     }
 }
 
-fn round(v: f64) -> f64 {
+/// This machine's figures, read with sysinfo (the daemon's local host and `orchard agent`).
+pub struct Sampler {
+    sys: sysinfo::System,
+    disks: Option<sysinfo::Disks>,
+    nets: Option<sysinfo::Networks>,
+}
+
+impl Sampler {
+    pub fn new() -> Option<Self> {
+        let mut sys = sysinfo::System::new().ok()?;
+        sys.refresh_cpu_usage();
+        Some(Self {
+            sys,
+            disks: sysinfo::Disks::new_with_refreshed_list().ok(),
+            nets: sysinfo::Networks::new_with_refreshed_list().ok(),
+        })
+    }
+
+    /// One sample; CPU usage is over the time since the previous one.
+    pub fn sample(&mut self) -> HostMetrics {
+        let sys = &mut self.sys;
+        sys.refresh_cpu_usage();
+        sys.refresh_memory();
+        let total = sys.total_memory().max(1);
+        let mut m = HostMetrics {
+            cpu_usage: round(f64::from(sys.global_cpu_usage())),
+            memory_usage: round(sys.used_memory() as f64 * 100.0 / total as f64),
+            disk_usage: BTreeMap::new(),
+            load_average: sysinfo::System::load_average()
+                .map(|l| [l.one, l.five, l.fifteen])
+                .unwrap_or_default(),
+            disks: Vec::new(),
+            network: Vec::new(),
+        };
+        if let Some(d) = self.disks.as_mut() {
+            d.refresh(true);
+            for disk in d.iter() {
+                let total = disk.total_space();
+                if total == 0 {
+                    continue;
+                }
+                let mount = disk.mount_point().to_string_lossy().into_owned();
+                let used = total.saturating_sub(disk.available_space());
+                m.disk_usage
+                    .insert(mount.clone(), round(used as f64 * 100.0 / total as f64));
+                m.disks.push(DiskMetric {
+                    mount,
+                    total_bytes: total,
+                    used_bytes: used,
+                });
+            }
+        }
+        if let Some(n) = self.nets.as_mut() {
+            n.refresh(true);
+            for (name, data) in n.iter() {
+                m.network.push(NetMetric {
+                    interface: name.to_string_lossy().into_owned(),
+                    rx_bytes: data.total_received(),
+                    tx_bytes: data.total_transmitted(),
+                });
+            }
+            m.network.sort_by(|a, b| a.interface.cmp(&b.interface));
+        }
+        m
+    }
+}
+
+pub fn round(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }

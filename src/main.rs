@@ -1,6 +1,8 @@
 //! `orchard`: start-up steps only. Parse the command line, load the configuration, open the
 //! data directory and the database, then either run the daemon or an offline command.
 
+mod agent;
+mod agents;
 mod alerts;
 mod alloc;
 mod api;
@@ -47,6 +49,26 @@ fn main() -> ExitCode {
                     timeout,
                 },
         } => cli::plugin::run(&path, settings.as_deref(), timeout),
+        Command::Agent {
+            server,
+            api_key_file,
+            allow_commands,
+            ca_file,
+            metrics_interval,
+            log_files,
+            journal,
+        } => {
+            init_agent_logging();
+            agent::run(agent::Options {
+                server,
+                api_key_file,
+                allow_commands,
+                ca_file,
+                interval: Duration::from_secs_f64(metrics_interval.clamp(0.1, 3600.0)),
+                log_files,
+                journal,
+            })
+        }
         Command::User { common, action } => load_config(&common, None).and_then(|config| {
             let db = open_db(&config)?;
             cli::user::run(&db, action)
@@ -88,6 +110,16 @@ fn init_logging(config: &Config) {
     } else {
         builder.try_init()
     };
+}
+
+fn init_agent_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }
 
 fn serve(
@@ -133,10 +165,19 @@ fn serve(
         let hosts = hosts::Hosts::new(&config.storage.data_dir)
             .map_err(|e| format!("cannot record this host's id: {e}"))?;
         hosts.start_local_sampler(Duration::from_secs(config.hosts.metrics_interval.max(1)));
+        let servers = db
+            .run(|db| db.servers())
+            .await
+            .map_err(|e| format!("cannot load agent hosts: {e}"))?;
+        for s in &servers {
+            hosts.add_offline(&s.server_id, &s.name);
+        }
         let alerts = alerts::Alerts::load(db.clone(), config.alerts.clone(), &machines)
             .await
             .map_err(|e| format!("cannot read the alert history: {e}"))?;
         alerts.start(&hosts, &machines);
+        let agents = agents::Agents::new(config.agents.clone(), hosts.clone());
+        agents.start(hosts.subscribe(), alerts.subscribe());
         let state = state::AppState::new(state::Parts {
             config,
             db,
@@ -146,6 +187,7 @@ fn serve(
             clusters,
             hosts,
             alerts,
+            agents,
             local_addr: local,
         });
         state.channels_hub.start(&state);

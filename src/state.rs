@@ -29,6 +29,7 @@ pub struct Inner {
     pub channels_hub: Arc<crate::ws::channels::Hub>,
     pub hosts: Arc<crate::hosts::Hosts>,
     pub alerts: Arc<crate::alerts::Alerts>,
+    pub agents: Arc<crate::agents::Agents>,
     /// User activity (logins, account changes, consoles), announced after it is audited.
     pub activity: tokio::sync::broadcast::Sender<crate::db::AuditEntry>,
     pub ws: Arc<crate::ws::Sockets>,
@@ -46,6 +47,7 @@ pub struct Parts {
     pub clusters: Arc<crate::clusters::Clusters>,
     pub hosts: Arc<crate::hosts::Hosts>,
     pub alerts: Arc<crate::alerts::Alerts>,
+    pub agents: Arc<crate::agents::Agents>,
     pub local_addr: SocketAddr,
 }
 
@@ -75,6 +77,7 @@ impl AppState {
             channels_hub: Arc::new(crate::ws::channels::Hub::default()),
             hosts: p.hosts,
             alerts: p.alerts,
+            agents: p.agents,
             activity: tokio::sync::broadcast::channel(1024).0,
             machines: p.machines,
             ws: Arc::new(crate::ws::Sockets::new(max_unauthenticated)),

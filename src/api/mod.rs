@@ -5,6 +5,7 @@ mod auth;
 mod clusters;
 mod machines;
 mod router;
+mod servers;
 mod users;
 mod views;
 
@@ -65,6 +66,10 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/api/subscriptions/{machine_uuid}", Token => machines::subscribe),
         route!(DELETE "/api/subscriptions/{machine_uuid}", Token => machines::unsubscribe),
         route!(GET "/api/backends", AnyOf(&[P::ViewAllVms]) => machines::backends),
+        route!(GET "/api/v1/servers", AnyOf(&[P::ViewAllVms]) => servers::list),
+        route!(POST "/api/v1/servers", AnyOf(&[P::ManageSystemResources]) => servers::create),
+        route!(GET "/api/v1/servers/{server_id}", AnyOf(&[P::ViewAllVms]) => servers::get),
+        route!(DELETE "/api/v1/servers/{server_id}", AnyOf(&[P::ManageSystemResources]) => servers::delete),
         route!(GET "/api/clusters", AnyOf(&[P::ViewAllVms]) => clusters::list),
         route!(POST "/api/clusters", AnyOf(&[P::ManageAllVms]) => clusters::create),
         route!(GET "/api/clusters/{name}", AnyOf(&[P::ViewAllVms]) => clusters::get),

@@ -1,6 +1,7 @@
 //! Identity: password hashing, tokens, login throttling, and the request guard that turns
 //! a bearer token into an [`Actor`] and checks a route's [`Access`].
 
+pub mod apikey;
 pub mod password;
 pub mod policy;
 pub mod ratelimit;

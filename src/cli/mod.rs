@@ -44,6 +44,30 @@ pub enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
+    /// Run the host agent: connect to a daemon, send this host's metrics, run its jobs
+    Agent {
+        /// The daemon: wss://HOST[:PORT], or ws://127.0.0.1:PORT on loopback
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// File holding the API key of this server (never given in argv)
+        #[arg(long, value_name = "FILE")]
+        api_key_file: PathBuf,
+        /// Run commands, docker commands and package operations sent by the daemon
+        #[arg(long)]
+        allow_commands: bool,
+        /// CA certificates (PEM) to verify a wss:// server with, instead of the system's
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Seconds between metrics messages
+        #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+        metrics_interval: f64,
+        /// Forward new lines of this file as log messages (repeatable)
+        #[arg(long = "log-file", value_name = "FILE")]
+        log_files: Vec<PathBuf>,
+        /// Forward new systemd journal entries as log messages
+        #[arg(long)]
+        journal: bool,
+    },
     /// Administer users offline, directly on the database (the daemon must be stopped)
     User {
         #[command(flatten)]

@@ -10,6 +10,7 @@ mod audit;
 mod clusters;
 mod machines;
 mod schema;
+mod servers;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use alerts::AlertRecord;
 pub use audit::AuditEntry;
 pub use clusters::ClusterRecord;
 pub use machines::Relations;
+pub use servers::ServerRecord;
 pub use users::{NewUser, UserChange};
 
 /// Why the database could not be opened. Each renders as one line for the operator.

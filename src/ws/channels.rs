@@ -288,6 +288,7 @@ impl Hub {
                             };
                         }
                     }
+                    Ok(HostEvent::Added | HostEvent::Removed { .. }) => hub.fleet(&st),
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,
                 }
@@ -329,6 +330,15 @@ impl Hub {
                 }
             }
         });
+        // Jobs starting and finishing change `pending_operations`.
+        let hub = self.clone();
+        let st = state.clone();
+        let mut ops = state.agents.watch_operations();
+        tokio::spawn(async move {
+            while ops.changed().await.is_ok() {
+                hub.fleet(&st);
+            }
+        });
         let hub = self.clone();
         let st = state.clone();
         let period = Duration::from_secs(state.config.fleet.interval.max(1));
@@ -343,7 +353,10 @@ impl Hub {
     }
 
     fn fleet(&self, state: &AppState) {
-        let data = state.hosts.fleet(state.alerts.hosts_with_alerts(), 0);
+        let data = state.hosts.fleet(
+            state.alerts.hosts_with_alerts(),
+            state.agents.pending_operations(),
+        );
         self.fan_out(
             Channel::FleetStatus,
             |_| true,
@@ -452,7 +465,7 @@ pub async fn serve(
     .await;
 }
 
-fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Control, text: &str) {
+fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Arc<Control>, text: &str) {
     let msg: Incoming = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -514,15 +527,13 @@ fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Control, text: &str)
             drop(subs);
         }
         "command" => {
-            let host = msg.data.get("host_id").cloned().unwrap_or(Value::Null);
-            ctl.send(reply(
-                "error",
-                "command_execution",
-                json!({"code": "COMMAND_FAILED",
-                    "message": "commands run through a host agent, and no agent can take this command",
-                    "host_id": host, "execution_id": uuid::Uuid::new_v4().to_string()}),
-                mid,
-            ));
+            let user = hub.lock().get(&id).map(|s| s.user.clone());
+            let Some(user) = user else { return };
+            if msg.channel.as_deref() == Some("package_operations") {
+                package_operation(state, hub, user, ctl.clone(), msg.data, msg.id);
+            } else {
+                command(state, user, ctl.clone(), msg.data, msg.id);
+            }
         }
         other => {
             ctl.send(invalid(&format!("unknown message type {other:?}"), mid));
@@ -530,12 +541,266 @@ fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Control, text: &str)
     }
 }
 
+fn command_failed(
+    channel: &str,
+    message: &str,
+    host: &Value,
+    execution_id: &str,
+    id: Option<&Value>,
+) -> Text {
+    reply(
+        "error",
+        channel,
+        json!({"code": "COMMAND_FAILED", "message": message, "host_id": host,
+            "execution_id": execution_id}),
+        id,
+    )
+}
+
+/// `command` on `command_execution`: runs through the host's agent (or, when allowed, on the
+/// local host); the answer goes to this socket only. Every command is audited first.
+fn command(state: &AppState, user: User, ctl: Arc<Control>, data: Value, id: Option<Value>) {
+    const CH: &str = "command_execution";
+    let execution_id = uuid::Uuid::new_v4().to_string();
+    let host = data.get("host_id").cloned().unwrap_or(Value::Null);
+    let fail = |m: &str| command_failed(CH, m, &host, &execution_id, id.as_ref());
+    if !user.has(Permission::ExecuteCommands) {
+        ctl.send(fail(
+            "Insufficient permissions: commands need EXECUTE_COMMANDS",
+        ));
+        return;
+    }
+    let Some(host_id) = host.as_str().map(str::to_owned) else {
+        ctl.send(fail("data.host_id is required"));
+        return;
+    };
+    let docker = data.get("docker").cloned();
+    let command = data
+        .get("command")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if docker.is_none() && command.trim().is_empty() {
+        ctl.send(fail("data.command is required"));
+        return;
+    }
+    let max = state.agents.command_timeout();
+    let timeout = data
+        .get("timeout")
+        .and_then(Value::as_f64)
+        .filter(|t| *t > 0.0)
+        .map_or(max, |t| Duration::from_secs_f64(t.ceil()).min(max));
+    let st = state.clone();
+    tokio::spawn(async move {
+        let hostname = st.hosts.hostname(&host_id).unwrap_or_default();
+        let what = match &docker {
+            Some(d) => format!(
+                "docker {} {}",
+                d["action"].as_str().unwrap_or(""),
+                d["container_id"].as_str().unwrap_or("")
+            ),
+            None => command.clone(),
+        };
+        let audit = AuditEntry::new(user.username.clone(), "command.execute")
+            .actor_id(user.uuid)
+            .target(host_id.clone())
+            .detail(what.chars().take(1024).collect::<String>());
+        if let Err(e) = st.record(audit, false).await {
+            tracing::error!(error = %e, "cannot audit a command; not run");
+            ctl.send(command_failed(
+                CH,
+                "the command could not be recorded; not run",
+                &host,
+                &execution_id,
+                id.as_ref(),
+            ));
+            return;
+        }
+        st.agents.log(
+            &host_id,
+            "INFO",
+            &format!("{} runs: {}", user.username, what),
+        );
+        let started = std::time::Instant::now();
+        let mut out = json!({"execution_id": execution_id, "host_id": host_id,
+            "hostname": hostname, "command": what});
+        let result = match &docker {
+            Some(d) => st
+                .agents
+                .docker(
+                    &host_id,
+                    d["action"].as_str().unwrap_or(""),
+                    d["container_id"].as_str().unwrap_or(""),
+                )
+                .await
+                .map(|(success, message)| {
+                    out["status"] = json!(if success { "completed" } else { "failed" });
+                    out["success"] = json!(success);
+                    out["message"] = json!(message);
+                    out["execution_time"] = json!(started.elapsed().as_secs_f64());
+                }),
+            None => st
+                .agents
+                .command(&host_id, &command, timeout)
+                .await
+                .map(|o| {
+                    out["status"] = json!("completed");
+                    out["exit_code"] = json!(o.exit_code);
+                    out["stdout"] = json!(o.stdout);
+                    out["stderr"] = json!(o.stderr);
+                    let ms = if o.duration_ms > 0 {
+                        o.duration_ms as f64
+                    } else {
+                        started.elapsed().as_secs_f64() * 1000.0
+                    };
+                    out["execution_time"] = json!((ms / 1000.0 * 1000.0).round() / 1000.0);
+                }),
+        };
+        match result {
+            Ok(()) => {
+                st.agents
+                    .log(&host_id, "INFO", &format!("command finished: {what}"));
+                ctl.send(reply("response", CH, out, id.as_ref()));
+            }
+            Err(e) => {
+                st.agents
+                    .log(&host_id, "WARNING", &format!("command failed: {what}: {e}"));
+                ctl.send(command_failed(CH, &e, &host, &execution_id, id.as_ref()));
+            }
+        }
+    });
+}
+
+/// `command` on `package_operations`: `{host_id, operation, package}`; progress events go to
+/// the channel's subscribers (filter `host_id`), the final answer to this socket as well.
+fn package_operation(
+    state: &AppState,
+    hub: &Arc<Hub>,
+    user: User,
+    ctl: Arc<Control>,
+    data: Value,
+    id: Option<Value>,
+) {
+    const CH: &str = "package_operations";
+    let execution_id = uuid::Uuid::new_v4().to_string();
+    let host = data.get("host_id").cloned().unwrap_or(Value::Null);
+    let fail = |m: &str| command_failed(CH, m, &host, &execution_id, id.as_ref());
+    if !user.has(Permission::ManageSystemResources) {
+        ctl.send(fail(
+            "Insufficient permissions: package operations need MANAGE_SYSTEM_RESOURCES",
+        ));
+        return;
+    }
+    let Some(host_id) = host.as_str().map(str::to_owned) else {
+        ctl.send(fail("data.host_id is required"));
+        return;
+    };
+    let operation = data.get("operation").and_then(Value::as_str).unwrap_or("");
+    if !["install", "update", "remove"].contains(&operation) {
+        ctl.send(fail("data.operation must be install, update or remove"));
+        return;
+    }
+    let operation = operation.to_owned();
+    let package = data
+        .get("package")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if !crate::agent::packages::valid_package(&package) {
+        ctl.send(fail("data.package is not a valid package name"));
+        return;
+    }
+    let st = state.clone();
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        let hostname = st.hosts.hostname(&host_id).unwrap_or_default();
+        let audit = AuditEntry::new(user.username.clone(), format!("package.{operation}"))
+            .actor_id(user.uuid)
+            .target(host_id.clone())
+            .detail(package.clone());
+        if let Err(e) = st.record(audit, false).await {
+            tracing::error!(error = %e, "cannot audit a package operation; not run");
+            ctl.send(command_failed(
+                CH,
+                "the operation could not be recorded; not run",
+                &host,
+                &execution_id,
+                id.as_ref(),
+            ));
+            return;
+        }
+        let base = json!({"execution_id": execution_id, "host_id": host_id, "hostname": hostname,
+            "operation": operation, "package": package});
+        let emit = |p: &Value| {
+            let mut d = base.clone();
+            for k in ["status", "progress", "message"] {
+                d[k] = p.get(k).cloned().unwrap_or(Value::Null);
+            }
+            d
+        };
+        st.agents.log(
+            &host_id,
+            "INFO",
+            &format!("{} starts: {operation} {package}", user.username),
+        );
+        let h = hub.clone();
+        let hid = host_id.clone();
+        let result = st
+            .agents
+            .package(&host_id, &operation, &package, |p| {
+                let d = emit(p);
+                h.fan_out(
+                    Channel::PackageOperations,
+                    |f| f.host(&hid),
+                    event(Channel::PackageOperations, &d),
+                );
+            })
+            .await;
+        match result {
+            Ok(done) => {
+                let mut d = emit(&done);
+                d["exit_code"] = done.get("exit_code").cloned().unwrap_or(Value::Null);
+                hub.fan_out(
+                    Channel::PackageOperations,
+                    |f| f.host(&host_id),
+                    event(Channel::PackageOperations, &d),
+                );
+                st.agents.log(
+                    &host_id,
+                    "INFO",
+                    &format!("{operation} {package}: {}", d["status"]),
+                );
+                ctl.send(reply("response", CH, d, id.as_ref()));
+            }
+            Err(e) => {
+                let mut d = base.clone();
+                d["status"] = json!("failed");
+                d["message"] = json!(e);
+                hub.fan_out(
+                    Channel::PackageOperations,
+                    |f| f.host(&host_id),
+                    event(Channel::PackageOperations, &d),
+                );
+                st.agents.log(
+                    &host_id,
+                    "WARNING",
+                    &format!("{operation} {package} failed: {e}"),
+                );
+                ctl.send(command_failed(CH, &e, &host, &execution_id, id.as_ref()));
+            }
+        }
+    });
+}
+
 /// What a new subscriber gets at once: the current fleet totals, the latest metrics, the
 /// hosts' current status.
 fn initial(state: &AppState, channel: Channel, f: &Filters, ctl: &Control) {
     match channel {
         Channel::FleetStatus => {
-            let data = state.hosts.fleet(state.alerts.hosts_with_alerts(), 0);
+            let data = state.hosts.fleet(
+                state.alerts.hosts_with_alerts(),
+                state.agents.pending_operations(),
+            );
             ctl.send(event(channel, &data));
         }
         Channel::HostMetrics => {

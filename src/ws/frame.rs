@@ -110,6 +110,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
+    /// Changes the incoming message limit (first-message authentication raises it once the
+    /// peer is known).
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = max_message;
+    }
+
     /// Queues a text message whose bytes are valid UTF-8 (shared, not copied).
     pub fn queue_text(&mut self, payload: Bytes) {
         if !self.closing {

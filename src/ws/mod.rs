@@ -2,6 +2,7 @@
 //! that an idle socket holds no buffers), the Origin check, token extraction, the registry of live
 //! sockets used for revocation, and one module per API over the connection core.
 
+pub mod agents;
 pub mod channels;
 pub mod clusters;
 pub mod conn;
@@ -34,7 +35,10 @@ pub type Socket = frame::WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
 /// Whether this request is a WebSocket upgrade for one of our WebSocket paths.
 pub fn claims<B>(req: &Request<B>) -> bool {
     let path = req.uri().path();
-    let ours = path == "/ws" || path.starts_with("/ws/");
+    let ours = path == "/ws"
+        || path.starts_with("/ws/")
+        || path == agents::AGENT_PATH
+        || path.starts_with("/api/v1/ws/");
     ours && is_upgrade(req.headers())
 }
 
@@ -161,6 +165,7 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
         };
         let max = match endpoint {
             Endpoint::Clusters { .. } => state.config.clusters.max_message,
+            Endpoint::Agent => state.config.agents.max_message,
             _ => state.config.ws.max_message,
         };
         let max = usize::try_from(max).unwrap_or(usize::MAX);
@@ -176,6 +181,10 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
             }
             Endpoint::Channels => channels::serve(state, ws, token, unauth).await,
             Endpoint::Echo => echo::serve(ws, unauth).await,
+            Endpoint::Agent => agents::serve_agent(state, ws, unauth).await,
+            Endpoint::ServerStream(id, kind) => {
+                agents::serve_stream(state, ws, id, kind, token, unauth).await;
+            }
         }
     };
     tracker.spawn(fut);
@@ -203,6 +212,10 @@ enum Endpoint {
     Channels,
     /// `/ws/echo`, only with `ws.test_echo` (protocol conformance runs).
     Echo,
+    /// `/api/v1/agents/ws` (C).
+    Agent,
+    /// `/api/v1/ws/{metrics,logs}/{server_id}` (C).
+    ServerStream(String, crate::agents::StreamKind),
 }
 
 impl Endpoint {
@@ -212,9 +225,11 @@ impl Endpoint {
             "/ws" => Some(Self::Clusters { with_token: false }),
             "/ws/clusters" => Some(Self::Clusters { with_token: true }),
             "/ws/echo" => Some(Self::Echo),
+            agents::AGENT_PATH => Some(Self::Agent),
             _ => machines::route(path)
                 .map(Self::Machines)
-                .or_else(|| vms::route(path).map(|(n, k)| Self::Vms(n, k))),
+                .or_else(|| vms::route(path).map(|(n, k)| Self::Vms(n, k)))
+                .or_else(|| agents::stream_route(path).map(|(id, k)| Self::ServerStream(id, k))),
         }
     }
 }
