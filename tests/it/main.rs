@@ -9,6 +9,7 @@ mod cli;
 mod clusters;
 mod fixtures;
 mod harness;
+mod libvirt;
 mod lifecycle;
 mod machines;
 mod plugins;
