@@ -585,7 +585,7 @@ async fn a_tcg_guest_boots_with_its_console_and_shuts_down() {
     let _cleanup = Undefine(name.clone());
 
     let d = daemon_with(
-        &format!("uri = \"{QEMU_URI}\"\nshutdown_timeout_seconds = 60"),
+        &format!("uri = \"{QEMU_URI}\"\nshutdown_timeout_seconds = 60\nreconnect_seconds = 1"),
         false,
     );
     let admin = d.admin_token().await;
@@ -645,4 +645,63 @@ async fn a_tcg_guest_boots_with_its_console_and_shuts_down() {
     );
     wait_status(&d, &admin, &uuid, "stopped").await;
     s.expect_close(1000, T).await;
+
+    // libvirtd restarts: calls fail with the reason meanwhile, then the plugin reconnects
+    // and the machine can be driven again.
+    restart_libvirtd(&d, &admin, &uuid).await;
+    assert_eq!(
+        lifecycle(&mut g, &uuid, "BOOTUP").await,
+        ["BOOTUP_START", "BOOTUP_SUCCESS"]
+    );
+    power_ok(&d, &admin, &uuid, "force_off").await;
+    wait_status(&d, &admin, &uuid, "stopped").await;
+}
+
+fn libvirtd_pid() -> Option<u32> {
+    ["/run/libvirtd.pid", "/var/run/libvirtd.pid"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Stops libvirtd (the one `.ci/run` started, by its pid file) and starts it again, checking
+/// that the plugin reports the outage and then recovers: it returns once a start of `uuid`
+/// was accepted again.
+async fn restart_libvirtd(d: &Daemon, admin: &str, uuid: &str) {
+    let pid = libvirtd_pid().expect("libvirtd writes its pid file");
+    let out = Command::new("kill")
+        .arg(pid.to_string())
+        .output()
+        .expect("kill");
+    assert!(out.status.success(), "kill libvirtd: {out:?}");
+    eventually(T, "libvirtd to exit", || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+    // The plugin notices (keepalive / EOF) and says why calls fail.
+    let why = eventually(T, "calls failing while libvirtd is down", || async {
+        let r = power(d, admin, uuid, "start").await;
+        (r.status >= 500).then(|| r.json().to_string())
+    })
+    .await;
+    assert!(why.contains("error"), "{why}");
+    let b = backend(d, admin).await;
+    let last = b["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(last.contains("not connected to libvirt"), "{b}");
+    let out = Command::new("libvirtd")
+        .arg("-d")
+        .output()
+        .expect("libvirtd -d");
+    assert!(out.status.success(), "libvirtd -d: {out:?}");
+    // Reconnected once a call goes through again: the start is accepted.
+    eventually(
+        Duration::from_secs(60),
+        "the plugin to reconnect",
+        || async { (power(d, admin, uuid, "start").await.status == 202).then_some(()) },
+    )
+    .await;
 }
