@@ -156,3 +156,36 @@ pub fn panic_plugin() -> PathBuf {
 pub fn simulator_plugin() -> PathBuf {
     rust_plugin("liborchard_plugin_simulator.so")
 }
+
+/// The libvirt plugin, built on its own (it alone needs libvirt-dev).
+pub fn libvirt_plugin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = profile_dir();
+            let target_dir = profile
+                .parent()
+                .expect("the profile directory has a parent")
+                .to_owned();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(manifest_dir())
+                .args(["build", "--quiet", "-p", "orchard-plugin-libvirt"])
+                .arg("--target-dir")
+                .arg(&target_dir);
+            if profile.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let output = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run cargo build for the libvirt plugin: {e}"));
+            assert!(
+                output.status.success(),
+                "cargo build of the libvirt plugin failed (it needs pkg-config and libvirt-dev):\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let so = profile.join("liborchard_plugin_libvirt.so");
+            assert!(so.is_file(), "{} was not produced", so.display());
+            so
+        })
+        .clone()
+}

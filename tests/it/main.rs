@@ -12,6 +12,7 @@ mod clusters;
 mod conformance;
 mod fixtures;
 mod harness;
+mod libvirt;
 mod lifecycle;
 mod machines;
 mod plugins;
