@@ -212,6 +212,15 @@ async function run() {
   await phone.waitForSelector('.nav-open .sidebar');
   await shot(phone, '11-phone-menu');
 
+  step = 'a revoked session returns to the login page with a message';
+  await page.goto(`${URL}#/machines`);
+  await page.waitForSelector('.machine-card');
+  const token = await page.evaluate(() => JSON.parse(sessionStorage.getItem('orchard.session')).token);
+  const r = await fetch(`${URL}api/auth/logout`, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+  check(r.ok, `logout through the API (${r.status})`);
+  await page.waitForSelector('#login-error:not([hidden])');
+  check(/session has ended/.test(await page.textContent('#login-error')), 'the message says the session ended');
+
   step = 'done';
   check(errors.length === 0, `no page errors:\n${errors.join('\n')}`);
 }
@@ -227,7 +236,7 @@ try {
   if (errors.length) console.error(errors.join('\n'));
   const term = await lastPage?.evaluate(() => document.querySelector('#console-screen .xterm-rows')?.textContent).catch(() => null);
   if (term) console.error(`console text: ${term}`);
-  await lastPage?.screenshot({ path: 'failure.png' }).catch(() => {});
+  await lastPage?.screenshot({ path: join(SHOTS || '.', 'failure.png') }).catch(() => {});
 } finally {
   await browser.close();
 }

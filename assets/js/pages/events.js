@@ -4,6 +4,13 @@ import { api } from '../api.js';
 import { h, setChildren, badge, when, fullTime, emptyState } from '../dom.js';
 import { channelSocket } from './overview.js';
 import { pageHeader } from './common.js';
+import { ctx } from '../store.js';
+
+/** A machine uuid as its title, when this session sees the machine. */
+function target(t) {
+  const m = t && ctx.machines && ctx.machines.props.get(t);
+  return m ? h('a', { href: `#/machine/${m.uuid}`, title: t }, m.title) : (t || '—');
+}
 
 export function alertsPage(main) {
   const active = h('div');
@@ -46,8 +53,8 @@ export function activityPage(main) {
   function render() {
     if (!entries.length) { setChildren(box, emptyState('No activity yet', null)); return; }
     setChildren(box, h('div.table-wrap', h('table.table', h('thead', h('tr', h('th', 'When'), h('th', 'Who'), h('th', 'What'), h('th', 'Target'), h('th', 'From'))),
-      h('tbody', entries.slice(0, 300).map((e) => h('tr', h('td', { title: fullTime(e.timestamp) }, when(e.timestamp)), h('td', h('strong', e.actor || e.username || '—')),
-        h('td', h('code', ACTION_LABEL[e.action] || e.action), e.detail ? h('div.small.muted', e.detail) : null), h('td.mono.small', e.target || '—'), h('td.small', e.ip || e.ip_address || '—')))))));
+      h('tbody', entries.slice(0, 300).map((e) => h('tr', h('td.nowrap', { title: fullTime(e.timestamp) }, when(e.timestamp)), h('td', h('strong', e.actor || e.username || '—')),
+        h('td', h('code', ACTION_LABEL[e.action] || e.action), e.detail ? h('div.small.muted', e.detail) : null), h('td.mono.small', target(e.target)), h('td.small', e.ip || e.ip_address || '—')))))));
   }
   api('GET', '/api/activity').then((r) => { entries = r; render(); })
     .catch((e) => setChildren(box, emptyState('Could not load activity', e.message)));

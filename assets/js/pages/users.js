@@ -72,11 +72,11 @@ export function usersPage(main) {
         const ed = h('button.icon-btn', { type: 'button', 'aria-label': `Edit ${u.username}`, title: 'Edit' }, icon('edit'));
         ed.addEventListener('click', () => edit(u));
         return h('tr', { 'data-user': u.username },
-          h('td', h('span.avatar.avatar-sm', u.username.slice(0, 1).toUpperCase()), ' ', h('strong', u.username), u.uuid === session.user.uuid ? h('span.muted.small', ' (you)') : null),
+          h('td', h('span.user-cell', h('span.avatar.avatar-sm', u.username.slice(0, 1).toUpperCase()), h('strong', u.username), u.uuid === session.user.uuid ? h('span.muted.small', '(you)') : null)),
           h('td', u.account_type === 'administrator' ? 'Administrator' : 'Client'),
           h('td', h('div.tags', u.permissions.length ? u.permissions.map((p) => h('span.tag.tag-perm', p)) : h('span.muted', 'none'))),
           h('td', u.disabled ? badge('stopped', 'disabled') : badge('running', 'enabled')),
-          h('td.small', when(u.created_at)),
+          h('td.small.nowrap', { title: u.created_at }, when(u.created_at)),
           h('td.row-end', ed, del));
       })))));
   }
