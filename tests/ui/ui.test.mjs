@@ -116,7 +116,11 @@ async function run() {
   }
 
   step = 'star a machine and see the starred view';
-  const running = await page.locator('.machine-card[data-status="running"]:has(button.star[aria-pressed="false"])').first().getAttribute('data-title');
+  const running = await page.locator('.machine-card[data-status="running"]').first().getAttribute('data-title');
+  if (await card(page, running).locator('button.star[aria-pressed="true"]').count()) {
+    await card(page, running).locator('button.star').click();
+    await page.waitForSelector(`.machine-card[data-title="${running}"] button.star[aria-pressed="false"]`);
+  }
   await card(page, running).locator('button.star').click();
   await page.waitForSelector(`.machine-card[data-title="${running}"] button.star[aria-pressed="true"]`);
   const starred = await page.locator('.machine-card button.star[aria-pressed="true"]').count();

@@ -46,6 +46,7 @@ export function statusView(store, uuid) {
 }
 
 export function powerButtons(store, m, { compact = false } = {}) {
+  if (!controls(m)) return h('div.power', h('span.muted.small', 'view only'));
   const s = store.state.get(m.uuid);
   const op = store.ops.get(m.uuid);
   const busy = !s || (op && op.phase === 'start') || s.loading;
@@ -68,6 +69,12 @@ export function powerButtons(store, m, { compact = false } = {}) {
 }
 
 export function canManage() { return session.can('MANAGE_ALL_VMS'); }
+
+/** Contract 2: a user controls a machine they own or are assigned to, or with MANAGE_ALL_VMS. */
+export function controls(m) {
+  const me = session.user && session.user.uuid;
+  return canManage() || (m.owner && m.owner.uuid === me) || !!(m.assigned_clients && me in m.assigned_clients);
+}
 
 export async function editMachine(m) {
   await formDialog({

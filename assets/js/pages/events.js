@@ -21,7 +21,7 @@ export function alertsPage(main) {
   const now = new Map();
   let hist = [];
   const row = (a) => h('tr', h('td', badge(a.severity)), h('td', h('strong', a.title), h('div.small.muted', a.message)),
-    h('td', a.hostname || a.host_id || (a.machine_uuid ? 'machine' : '—')), h('td', badge(a.state)), h('td', { title: fullTime(a.timestamp) }, when(a.timestamp)));
+    h('td', a.machine_uuid && ctx.machines?.props.get(a.machine_uuid) ? target(a.machine_uuid) : (a.hostname || a.host_id || '—')), h('td', badge(a.state)), h('td', { title: fullTime(a.timestamp) }, when(a.timestamp)));
   const table = (rows) => h('div.table-wrap', h('table.table', h('thead', h('tr', h('th', 'Severity'), h('th', 'Alert'), h('th', 'Where'), h('th', 'State'), h('th', 'When'))), h('tbody', rows)));
   function render() {
     setChildren(active, now.size ? table([...now.values()].map(row)) : emptyState('All clear', 'No alert is raised right now.'));

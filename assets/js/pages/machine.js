@@ -5,7 +5,7 @@ import { h, icon, setChildren, bytes, mib, pct, duration, meter, emptyState, toa
 import { ctx, subscriptions } from '../store.js';
 import { liveChart, fmtPct, fmtRate } from '../charts.js';
 import { mountConsole } from '../console.js';
-import { statusView, powerButtons, editMachine, deleteMachine } from './common.js';
+import { statusView, powerButtons, editMachine, deleteMachine, controls } from './common.js';
 
 export function machinePage(main, uuid) {
   const store = ctx.machines;
@@ -50,7 +50,7 @@ export function machinePage(main, uuid) {
     del.addEventListener('click', async () => { if (await deleteMachine(m)) location.hash = '#/machines'; });
     setChildren(head,
       h('div', h('h1.page-title', m.title), h('div.head-status', statusView(store, uuid))),
-      h('div.page-actions', powerButtons(store, m), star, edit, del));
+      h('div.page-actions', powerButtons(store, m), star, controls(m) ? [edit, del] : null));
   }
 
   function renderProps() {

@@ -3,7 +3,7 @@
 
 import { h, icon, setChildren, sparkline, drawSpark, pct, mib, emptyState, toast } from '../dom.js';
 import { ctx, MachineStore, subscriptions } from '../store.js';
-import { statusView, powerButtons, canManage, createMachine, editMachine, deleteMachine, pageHeader } from './common.js';
+import { statusView, powerButtons, canManage, controls, createMachine, editMachine, deleteMachine, pageHeader } from './common.js';
 
 const VIEW_KEY = 'orchard.machines.view';
 
@@ -95,7 +95,7 @@ export function machinesPage(main) {
     const status = h('div.card-status');
     const power = h('div.card-power');
     const tools = h('div.card-tools');
-    {
+    if (controls(m)) {
       const edit = h('button.icon-btn', { type: 'button', 'aria-label': `Edit ${m.title}`, title: 'Edit' }, icon('edit'));
       edit.addEventListener('click', () => editMachine(m));
       const del = h('button.icon-btn', { type: 'button', 'aria-label': `Delete ${m.title}`, title: 'Delete' }, icon('trash'));
