@@ -132,7 +132,12 @@ function buildShell() {
     const open = root.classList.toggle('nav-open');
     menuBtn.setAttribute('aria-expanded', String(open));
   });
-  root.append(h('a.skip', { href: '#main', onclick: (e) => { e.preventDefault(); main.focus(); } }, 'Skip to content'), nav, h('div.body', header, main));
+  const scrim = h('div.scrim', { 'aria-hidden': 'true' });
+  const closeNav = () => { root.classList.remove('nav-open'); menuBtn.setAttribute('aria-expanded', 'false'); };
+  scrim.addEventListener('click', closeNav);
+  nav.addEventListener('click', (e) => { if (e.target.closest('a')) closeNav(); });
+  root.addEventListener('keydown', (e) => { if (e.key === 'Escape' && root.classList.contains('nav-open')) { closeNav(); menuBtn.focus(); } });
+  root.append(scrim, h('a.skip', { href: '#main', onclick: (e) => { e.preventDefault(); main.focus(); } }, 'Skip to content'), nav, h('div.body', header, main));
   setChildren(app, root);
   app.classList.remove('boot');
   shell = { root, nav, main };

@@ -213,8 +213,15 @@ async function run() {
   check(overflow <= 1, `no horizontal scrolling at phone width (${overflow}px)`);
   await shot(phone, '10-phone-dark');
   await phone.click('.menu-btn');
-  await phone.waitForSelector('.nav-open .sidebar');
+  await phone.waitForFunction(() => document.querySelector('.nav-open .sidebar')?.getBoundingClientRect().left === 0);
   await shot(phone, '11-phone-menu');
+  await phone.click('a.nav-link[data-path="machines"]');
+  await phone.waitForFunction(() => !document.querySelector('.nav-open'));
+  await phone.locator('.machine-card[data-status="running"] a.machine-link').first().click();
+  await phone.waitForSelector('.chart .uplot');
+  const overflowMachine = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflowMachine <= 1, `no horizontal scrolling on the machine page at phone width (${overflowMachine}px)`);
+  await shot(phone, '12-phone-machine');
 
   step = 'a revoked session returns to the login page with a message';
   await page.goto(`${URL}#/machines`);
