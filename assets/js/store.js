@@ -22,7 +22,7 @@ export class MachineStore {
     this.socket = new LiveSocket(`/ws/machines/${endpoint}`, {
       onmessage: (m) => this.onMessage(m),
       onopen: () => { this.fresh = true; },
-      onforbidden: () => this.emit({ type: 'FORBIDDEN' }),
+      onforbidden: () => { this.forbidden = true; this.emit({ type: 'FORBIDDEN' }); },
     });
   }
 

@@ -56,7 +56,7 @@ async function login(page, user, password) {
   await page.goto(URL);
   await page.fill('#username', user);
   await page.fill('#password', password);
-  await page.click('form button[type=submit]');
+  await page.press('#password', 'Enter');
   await page.waitForSelector('#logout');
 }
 
@@ -103,8 +103,11 @@ async function run() {
   check(stopped, 'a stopped machine to start');
   await card(page, stopped).locator('button[data-action="start"]').click();
   await waitStatus(page, stopped, 'running');
-  await card(page, stopped).locator('button[data-action="stop"]').click();
+  // By keyboard: after Start the focus stays in the card's controls.
+  await card(page, stopped).locator('button[data-action="stop"]').focus();
+  await page.keyboard.press('Enter');
   await waitStatus(page, stopped, 'stopped');
+  check(await page.evaluate(() => !!document.activeElement.closest('.machine-card')), `focus stays in the card (${await page.evaluate(() => document.activeElement.outerHTML.slice(0, 120))})`);
 
   step = 'a failing start shows its error';
   const failingTitle = await page.locator('.machine-card:has(.tag:text-is("fail-boot"))[data-status="stopped"]').first().getAttribute('data-title', { timeout: 2000 }).catch(() => null);

@@ -59,8 +59,11 @@ export function powerButtons(store, m, { compact = false } = {}) {
     }, icon(ACTIONS[a].icon), compact ? null : h('span', ACTIONS[a].label));
     b.addEventListener('click', async (ev) => {
       ev.stopPropagation();
-      b.disabled = true;
+      // aria-disabled, not disabled: a disabled button would drop the keyboard focus.
+      if (b.getAttribute('aria-disabled') === 'true') return;
+      b.setAttribute('aria-disabled', 'true');
       await power(m, a);
+      b.removeAttribute('aria-disabled');
     });
     box.append(b);
   }

@@ -48,9 +48,15 @@ export function machinePage(main, uuid) {
     edit.addEventListener('click', () => editMachine(m));
     const del = h('button.btn.btn-danger-ghost', { type: 'button' }, icon('trash'), h('span', 'Delete'));
     del.addEventListener('click', async () => { if (await deleteMachine(m)) location.hash = '#/machines'; });
+    const f = head.contains(document.activeElement) ? document.activeElement : null;
     setChildren(head,
       h('div', h('h1.page-title', m.title), h('div.head-status', statusView(store, uuid))),
       h('div.page-actions', powerButtons(store, m), star, controls(m) ? [edit, del] : null));
+    if (f) {
+      // Keep the keyboard focus in the toolbar when its buttons change.
+      const same = f.dataset.action ? head.querySelector(`[data-action="${f.dataset.action}"]`) : f.id ? head.querySelector(`#${f.id}`) : null;
+      (same || head.querySelector('.power button') || star).focus();
+    }
   }
 
   function renderProps() {

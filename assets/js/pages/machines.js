@@ -34,7 +34,11 @@ export function machinesPage(main) {
       ['all', 'subscribed'].map((v) => {
         const b = h('button.tab', { type: 'button', role: 'tab', id: `tab-${v}`, 'aria-selected': String(view === v) },
           v === 'all' ? 'All machines' : [icon('star', 'star-icon'), h('span', 'Starred')]);
-        b.addEventListener('click', () => { if (view !== v) { view = v; sessionStorage.setItem(VIEW_KEY, v); attach(); } });
+        b.tabIndex = view === v ? 0 : -1;
+        b.addEventListener('click', () => { if (view !== v) { view = v; sessionStorage.setItem(VIEW_KEY, v); attach(); tabs.querySelector(`#tab-${v}`)?.focus(); } });
+        b.addEventListener('keydown', (e) => {
+          if (e.key === 'ArrowRight' || e.key === 'ArrowLeft') { e.preventDefault(); tabs.querySelector(`#tab-${v === 'all' ? 'subscribed' : 'all'}`).click(); }
+        });
         return b;
       }));
   }
@@ -51,7 +55,8 @@ export function machinesPage(main) {
     }
     setTabs();
     off = store.on((m) => {
-      if (m.type === 'DATA_DYNAMIC') update(); else render();
+      // Only a change of the set of machines or their properties rebuilds the cards.
+      if (m.type === 'DATA_STATIC' || m.type === 'CREATE' || m.type === 'DELETE' || m.type === 'FORBIDDEN') render(); else update();
     });
     render();
   }
@@ -69,6 +74,7 @@ export function machinesPage(main) {
     const list = visible();
     const running = list.filter((m) => store.state.get(m.uuid)?.status === 'running').length;
     summary.textContent = store.loaded ? `${list.length} machine${list.length === 1 ? '' : 's'} · ${running} running` : '';
+    if (store.forbidden) { setChildren(grid, emptyState('No access', 'Your permissions changed; sign in again to see machines.')); return; }
     if (!store.loaded) { setChildren(grid, h('div.loading', h('span.spinner'), 'Connecting to the machines stream…')); return; }
     if (!list.length) {
       setChildren(grid, view === 'subscribed'
@@ -77,7 +83,16 @@ export function machinesPage(main) {
           : emptyState('No machines yet', canManage() ? 'Create the first one.' : 'No machine is shared with you yet. Ask an administrator.'));
       return;
     }
+    // Rebuilding keeps the keyboard focus on the same control of the same machine.
+    const f = document.activeElement;
+    const fCard = f && grid.contains(f) ? f.closest('.machine-card') : null;
+    const fSel = !fCard ? null : f.dataset.action ? `[data-action="${f.dataset.action}"]`
+      : f.classList.contains('star') ? 'button.star' : f.getAttribute('aria-label') ? `[aria-label="${f.getAttribute('aria-label')}"]` : 'a.machine-link';
     setChildren(grid, list.map((m) => card(m)));
+    if (fCard) {
+      const again = cards.get(fCard.dataset.uuid)?.el;
+      if (again) (again.querySelector(fSel) || again.querySelector('.card-power button') || again.querySelector('a.machine-link')).focus();
+    }
   }
 
   function card(m) {
@@ -131,8 +146,11 @@ export function machinesPage(main) {
     if (key !== c.key) {
       c.key = key;
       c.el.dataset.status = s ? s.status : 'unknown';
+      const hadFocus = c.power.contains(document.activeElement);
       setChildren(c.status, statusView(store, c.m.uuid));
       setChildren(c.power, powerButtons(store, c.m));
+      // Keyboard users keep their place when Start turns into Stop.
+      if (hadFocus) (c.power.querySelector('button') || c.el.querySelector('a.machine-link')).focus();
     }
   }
 
