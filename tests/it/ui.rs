@@ -2,13 +2,14 @@
 //! beside them, the `ui.dir` development switch, and the browser scenarios of
 //! `tests/ui/ui.test.mjs` (playwright-core driving Debian's Chromium).
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::Method;
 
-use crate::harness::{Daemon, run_to_exit};
+use crate::harness::Daemon;
 
 const CSP_PARTS: &[&str] = &[
     "default-src 'self'",
@@ -148,9 +149,10 @@ fn require(cond: bool, what: &str) {
 
 /// Log in, live fleet, start/stop, failure message, console input and output, star and the
 /// starred view, a new user who sees only their machine, logout, the other pages, phone
-/// width in the dark scheme. Screenshots go to `tests/ui/screenshots/`.
-#[tokio::test]
-async fn browser_scenarios() {
+/// width in the dark scheme, reconnecting after a daemon restart, a revoked session.
+/// Screenshots go to `tests/ui/screenshots/`.
+#[test]
+fn browser_scenarios() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     require(Path::new(&chromium).exists(), &format!("no {chromium}"));
     let node = Command::new("node")
@@ -163,27 +165,61 @@ async fn browser_scenarios() {
         "tests/ui/node_modules/playwright-core is missing",
     );
 
-    let d = Daemon::start();
-    d.wait_healthy().await;
-    let mut cmd = Command::new("node");
-    cmd.arg("ui.test.mjs")
+    let mut d = Daemon::start();
+    // A restart must come back on the same port for the page to reconnect.
+    let addr = d.addr().to_string();
+    d.set_listen(&addr);
+    let mut child = Command::new("node")
+        .arg("ui.test.mjs")
         .current_dir(ui_dir())
         .env("ORCHARD_URL", d.url("/"))
         .env("ORCHARD_ADMIN_PASSWORD", d.admin_password())
         .env("CHROMIUM", &chromium)
-        .env("SCREENSHOTS", ui_dir().join("screenshots"));
-    let out = tokio::task::spawn_blocking(move || run_to_exit(cmd, None, Duration::from_secs(300)))
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .env("SCREENSHOTS", ui_dir().join("screenshots"))
+        .env("RESTART_PROTOCOL", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node");
+    let pid = child.id();
+    // Chromium or node hanging must not hang the suite: kill the script after 5 minutes.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(Duration::from_secs(300))
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    let mut stdout = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let Ok(line) = line else { break };
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if line == "ui: restart the daemon" {
+            d.restart();
+            writeln!(stdin, "restarted").unwrap();
+        }
+    }
+    let status = child.wait().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    let stderr = stderr.join().unwrap();
     assert!(
-        out.status.success(),
-        "browser scenarios failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}\ndaemon log (tail):\n{}",
-        out.status,
+        status.success(),
+        "browser scenarios failed ({status:?})\nstdout:\n{stdout}\nstderr:\n{stderr}\ndaemon log (tail):\n{}",
         tail(&d.logs(), 4000)
     );
     assert!(stdout.contains("all browser scenarios passed"), "{stdout}");
+    assert!(stdout.contains("ui: restart the daemon"), "{stdout}");
 }
 
 fn tail(s: &str, n: usize) -> &str {

@@ -66,6 +66,16 @@ async function waitStatus(page, title, status) {
   await page.waitForSelector(`.machine-card[data-title="${title}"][data-status="${status}"]`, { timeout: 30_000 });
 }
 
+// tests/it/ui.rs restarts the daemon when asked on stdout, and answers on stdin.
+async function restartDaemon() {
+  const { createInterface } = await import('node:readline');
+  const lines = createInterface({ input: process.stdin });
+  const done = new Promise((resolve) => lines.once('line', resolve));
+  console.log('ui: restart the daemon');
+  await done;
+  lines.close();
+}
+
 async function run() {
   const page = await newPage();
 
@@ -225,6 +235,19 @@ async function run() {
   const overflowMachine = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflowMachine <= 1, `no horizontal scrolling on the machine page at phone width (${overflowMachine}px)`);
   await shot(phone, '12-phone-machine');
+
+  step = 'reconnects after the daemon restarts';
+  if (process.env.RESTART_PROTOCOL) {
+    await page.goto(`${URL}#/machines`);
+    await page.waitForSelector('.machine-card[data-status="running"]');
+    const reopened = page.waitForEvent('websocket', { predicate: (ws) => ws.url().includes('/ws/machines/'), timeout: 30_000 });
+    await restartDaemon();
+    await reopened;
+    await page.waitForFunction(() => document.querySelector('.live')?.dataset.state === 'live');
+    const was = await page.locator('.machine-card[data-status="running"] .metric-value').allTextContents();
+    await page.waitForFunction((b) => [...document.querySelectorAll('.machine-card[data-status="running"] .metric-value')]
+      .map((e) => e.textContent).join('|') !== b.join('|'), was);
+  }
 
   step = 'a revoked session returns to the login page with a message';
   await page.goto(`${URL}#/machines`);
