@@ -108,6 +108,24 @@ async function run() {
   }, before);
   await shot(page, '03-machines');
 
+  step = 'create, edit and delete a machine';
+  const fresh = `ui-new-${Date.now().toString(36)}`;
+  await page.click('#new-machine');
+  let dlg = page.locator('dialog[open]');
+  await dlg.locator('input[name="title"]').fill(fresh);
+  await dlg.locator('input[name="tags"]').fill('ui, test');
+  await dlg.locator('button[type=submit]').click();
+  await page.waitForSelector(`.machine-card[data-title="${fresh}"][data-status="stopped"]`);
+  await card(page, fresh).locator(`button[aria-label="Edit ${fresh}"]`).click();
+  dlg = page.locator('dialog[open]');
+  await dlg.locator('input[name="title"]').fill(`${fresh}-x`);
+  await dlg.locator('textarea[name="description"]').fill('made by the browser test');
+  await dlg.locator('button[type=submit]').click();
+  await page.waitForSelector(`.machine-card[data-title="${fresh}-x"] .card-desc`);
+  await card(page, `${fresh}-x`).locator(`button[aria-label="Delete ${fresh}-x"]`).click();
+  await page.locator('dialog[open] button[type=submit]').click();
+  await page.waitForSelector(`.machine-card[data-title="${fresh}-x"]`, { state: 'detached' });
+
   step = 'start and stop a machine';
   const stopped = await page.locator('.machine-card[data-status="stopped"]:not(:has(.tag:text-is("fail-boot")))').first().getAttribute('data-title');
   check(stopped, 'a stopped machine to start');
@@ -173,7 +191,7 @@ async function run() {
   const user = `ui${Date.now().toString(36)}`;
   await page.goto(`${URL}#/users`);
   await page.click('#new-user');
-  const dlg = page.locator('dialog[open]');
+  dlg = page.locator('dialog[open]');
   await dlg.locator('input[name="username"]').fill(user);
   await dlg.locator('input[name="password"]').fill('correct horse battery');
   await dlg.locator('button[type=submit]').click();
