@@ -8,7 +8,7 @@ function css(name) {
 }
 
 const WINDOW = 300; // seconds shown: the last five minutes
-const clock = (t) => new Date(t * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+const clock = (t) => new Date(t * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
 
 /** series: [{label, color: '--css-var', fmt}]; yMax: fixed maximum or null. */
 export function liveChart(box, { title, series, yMax = null, fmt = (v) => String(v) }) {

@@ -17,7 +17,7 @@ export function machinePage(main, uuid) {
   const charts = h('div.charts');
   const consoleBox = h('div.console-box');
   const body = h('div.machine-layout',
-    h('section.card.span-2', { 'aria-labelledby': 'h-usage' }, h('h2.card-title#h-usage', 'Usage'), charts),
+    h('section.card.span-2', { 'aria-labelledby': 'h-usage' }, h('div.row-between', h('h2.card-title#h-usage', 'Usage'), h('span.muted.small', 'last 5 minutes · live')), charts),
     h('section.card', { 'aria-labelledby': 'h-props' }, h('h2.card-title#h-props', 'Properties'), props),
     h('section.card', { 'aria-labelledby': 'h-disks' }, h('h2.card-title#h-disks', 'Disks'), disks),
     h('section.card', { 'aria-labelledby': 'h-conn' }, h('h2.card-title#h-conn', 'Console sessions'), conns),
