@@ -10,7 +10,7 @@ const URL = process.env.ORCHARD_URL;
 const PASSWORD = process.env.ORCHARD_ADMIN_PASSWORD;
 const SHOTS = process.env.SCREENSHOTS || '';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const T = 20_000; // per-step timeout
+const T = 45_000; // per-step timeout (generous: CI machines are shared)
 
 if (!URL || !PASSWORD) {
   console.error('ORCHARD_URL and ORCHARD_ADMIN_PASSWORD must be set');
@@ -63,7 +63,7 @@ async function login(page, user, password) {
 const card = (page, title) => page.locator(`.machine-card[data-title="${title}"]`);
 
 async function waitStatus(page, title, status) {
-  await page.waitForSelector(`.machine-card[data-title="${title}"][data-status="${status}"]`, { timeout: 30_000 });
+  await page.waitForSelector(`.machine-card[data-title="${title}"][data-status="${status}"]`, { timeout: T });
 }
 
 // tests/it/ui.rs restarts the daemon when asked on stdout, and answers on stdin.
@@ -142,7 +142,7 @@ async function run() {
   if (failingTitle) {
     const failing = card(page, failingTitle);
     await failing.locator('button[data-action="start"]').click();
-    await failing.locator('.op-error').waitFor({ timeout: 30_000 });
+    await failing.locator('.op-error').waitFor({ timeout: T });
     check(/Start failed/.test(await failing.locator('.op-error').textContent()), 'failure message');
   }
 
@@ -258,7 +258,7 @@ async function run() {
   if (process.env.RESTART_PROTOCOL) {
     await page.goto(`${URL}#/machines`);
     await page.waitForSelector('.machine-card[data-status="running"]');
-    const reopened = page.waitForEvent('websocket', { predicate: (ws) => ws.url().includes('/ws/machines/'), timeout: 30_000 });
+    const reopened = page.waitForEvent('websocket', { predicate: (ws) => ws.url().includes('/ws/machines/'), timeout: T });
     await restartDaemon();
     await reopened;
     await page.waitForFunction(() => document.querySelector('.live')?.dataset.state === 'live');
