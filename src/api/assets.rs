@@ -64,7 +64,11 @@ async fn lookup(source: &Source, path: &str) -> Option<File> {
             let etag = format!("\"{}\"", hex(&f.metadata.sha256_hash()[..12]));
             Some(File {
                 content_type: content_type(rel, Some(f.metadata.mimetype())),
-                body: Bytes::from(f.data.into_owned()),
+                // Embedded files are 'static: no copy per request.
+                body: match f.data {
+                    std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
+                    std::borrow::Cow::Owned(v) => Bytes::from(v),
+                },
                 etag,
             })
         }
