@@ -137,7 +137,8 @@ export function machinesPage(main) {
 
   function fill(c) {
     const s = store.state.get(c.m.uuid);
-    const hist = store.hist.get(c.m.uuid);
+    // The starred view's own socket starts with no history; the session's stream has it.
+    const hist = (store !== ctx.machines && ctx.machines?.hist.get(c.m.uuid)) || store.hist.get(c.m.uuid);
     const op = store.ops.get(c.m.uuid);
     c.cpuVal.textContent = s && s.active ? pct(s.cpu_percent) : '—';
     c.memVal.textContent = s && s.active ? mib(s.ram_used) : '—';
