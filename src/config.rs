@@ -43,6 +43,15 @@ pub struct Config {
     pub hosts: HostsConfig,
     pub alerts: AlertRules,
     pub simulator: Simulator,
+    pub ui: Ui,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ui {
+    /// Serve the web UI from this directory instead of the copy compiled into the binary
+    /// (development: edit `assets/` and reload). Unset: the embedded copy.
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -567,13 +576,14 @@ enum OptionKind {
 
 impl Config {
     /// Keys whose default is unset (they do not appear in the serialized defaults).
-    fn option_keys() -> [(&'static str, &'static str, OptionKind); 5] {
+    fn option_keys() -> [(&'static str, &'static str, OptionKind); 6] {
         [
             ("http", "public_url", OptionKind::Str),
             ("plugins", "dir", OptionKind::Str),
             ("tls", "cert", OptionKind::Str),
             ("tls", "key", OptionKind::Str),
             ("clusters", "anonymous_events", OptionKind::Bool),
+            ("ui", "dir", OptionKind::Str),
         ]
     }
 }

@@ -1,6 +1,7 @@
 //! The REST API: one route table naming each route's method, path, access check and handler.
 //! Only `api/` (with `server.rs`) knows HTTP.
 
+pub mod assets;
 mod auth;
 mod clusters;
 mod machines;
@@ -117,6 +118,7 @@ pub fn filter(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let router = Arc::new(Router::new(routes()));
+    let assets = Arc::new(assets::Source::new(state.config.ui.dir.as_deref()));
     warp::method()
         .and(warp::path::full())
         .and(
@@ -131,6 +133,7 @@ pub fn filter(
         .then(move |method, path, query, headers, client, body| {
             let state = state.clone();
             let router = router.clone();
+            let assets = assets.clone();
             async move {
                 let head = router::Head {
                     method,
@@ -139,7 +142,7 @@ pub fn filter(
                     headers,
                     client,
                 };
-                router::dispatch(state, &router, head, body).await
+                router::dispatch(state, &router, &assets, head, body).await
             }
         })
 }

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use warp::reply::Response;
 
+use super::assets;
 use crate::auth::{self, Access, Actor};
 use crate::error::{Error, Result};
 use crate::server::ClientAddr;
@@ -186,7 +187,13 @@ pub struct Head {
 }
 
 /// Dispatches one request. Never fails: every error becomes a JSON response.
-pub async fn dispatch<S, B>(state: AppState, router: &Router, head: Head, body: S) -> Response
+pub async fn dispatch<S, B>(
+    state: AppState,
+    router: &Router,
+    assets: &assets::Source,
+    head: Head,
+    body: S,
+) -> Response
 where
     S: Stream<Item = std::result::Result<B, warp::Error>> + Send,
     B: Buf,
@@ -203,6 +210,7 @@ where
     let response = match handle(
         &state,
         router,
+        assets,
         &method,
         path.as_str(),
         &headers,
@@ -228,9 +236,11 @@ where
     response
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle<S, B>(
     state: &AppState,
     router: &Router,
+    assets: &assets::Source,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
@@ -241,7 +251,18 @@ where
     S: Stream<Item = std::result::Result<B, warp::Error>> + Send,
     B: Buf,
 {
-    let (route, params) = router.find(method, path)?;
+    let (route, params) = match router.find(method, path) {
+        Ok(found) => found,
+        // Outside the API, a GET or HEAD that no route takes may be a UI file.
+        Err(e @ Error::NotFound(_))
+            if (method == Method::GET || method == Method::HEAD)
+                && path != "/api"
+                && !path.starts_with("/api/") =>
+        {
+            return assets::serve(assets, method, path, headers).await.ok_or(e);
+        }
+        Err(e) => return Err(e),
+    };
     let limit = state.config.http.max_body_bytes;
     let body = read_body(headers, body, limit).await?;
     let actor = auth::guard(state, headers, route.access).await?;
