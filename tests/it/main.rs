@@ -12,6 +12,7 @@ mod harness;
 mod lifecycle;
 mod machines;
 mod plugins;
+mod tls;
 mod users;
 mod vms;
 mod ws;
