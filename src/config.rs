@@ -129,8 +129,16 @@ impl Default for Plugins {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tls {
+    /// PEM certificate chain (leaf first). Unset with `self_signed`:
+    /// `<data_dir>/tls-cert.pem`.
     pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Unset with `self_signed`:
+    /// `<data_dir>/tls-key.pem`.
     pub key: Option<PathBuf>,
+    /// Serve TLS with a self-signed certificate, generated (0600) on first start when
+    /// neither the certificate nor the key file exists. Replacing both files with a real
+    /// pair (or pointing `cert`/`key` elsewhere) takes effect on the next start.
+    pub self_signed: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -492,7 +500,19 @@ impl Config {
     }
 
     pub fn tls_enabled(&self) -> bool {
-        self.tls.cert.is_some() && self.tls.key.is_some()
+        self.tls.self_signed || (self.tls.cert.is_some() && self.tls.key.is_some())
+    }
+
+    /// The certificate and key files TLS uses, when it is enabled.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ if self.tls.self_signed => Some((
+                self.storage.data_dir.join("tls-cert.pem"),
+                self.storage.data_dir.join("tls-key.pem"),
+            )),
+            _ => None,
+        }
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -17,9 +17,11 @@ mod error;
 mod hosts;
 mod machines;
 mod model;
+mod notify;
 mod secrets;
 mod server;
 mod state;
+mod tls;
 mod ws;
 
 use std::process::ExitCode;
@@ -132,13 +134,25 @@ fn serve(
     let addr = config.listen_addr().map_err(|e| e.to_string())?;
     if !addr.ip().is_loopback() && !config.tls_enabled() && !config.http.allow_insecure {
         return Err(format!(
-            "refusing to serve plain HTTP on non-loopback address {addr}: set tls.cert and tls.key, or http.allow_insecure = true"
+            "refusing to serve plain HTTP on non-loopback address {addr}: set tls.cert and tls.key (or tls.self_signed = true), or http.allow_insecure = true"
         ));
     }
-    if config.tls_enabled() {
-        return Err("tls.cert/tls.key: TLS serving is not available in this build yet".into());
-    }
     let db = open_db(&config)?;
+    let tls = tls::load(&config, addr.ip()).map_err(|e| e.to_string())?;
+    if let Some(tls) = &tls {
+        if tls.generated {
+            tracing::info!(
+                "generated a self-signed TLS certificate {} (replace it and its key with your own to stop browser warnings)",
+                tls.cert_path.display()
+            );
+        }
+        tracing::info!(
+            certificate = %tls.cert_path.display(),
+            sha256 = %tls.fingerprint,
+            "serving TLS"
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let jwt_secret =
         secrets::load_or_create_jwt_secret(&config.storage.data_dir).map_err(|e| e.to_string())?;
     bootstrap::ensure_admin(&db, &config.storage.data_dir, admin_password)?;
@@ -151,8 +165,12 @@ fn serve(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let shutdown = server::shutdown_signal()
+        let signal = server::shutdown_signal()
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let shutdown = async move {
+            signal.await;
+            notify::stopping();
+        };
         let listener = server::bind(addr).await.map_err(|e| e.to_string())?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let grace = Duration::from_secs(config.http.shutdown_grace);
@@ -196,9 +214,12 @@ fn serve(
         state.clusters_hub.start(&state.clusters);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            "listening on http://{local}"
+            "listening on {scheme}://{local}"
         );
-        server::serve(listener, state, shutdown, grace).await;
+        // The listener is bound and the plugins are loaded: the service is up.
+        notify::ready(&format!("listening on {scheme}://{local}"));
+        notify::start_watchdog();
+        server::serve(listener, state, tls.map(|t| t.config), shutdown, grace).await;
         tracing::info!("stopped");
         Ok::<(), String>(())
     })?;

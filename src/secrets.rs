@@ -86,7 +86,7 @@ pub fn write_initial_password(dir: &Path, password: &str) -> Result<PathBuf, Sec
 }
 
 /// Writes `bytes` to a new file with mode 0600 (replacing a stale one), synced to disk.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()

@@ -1,5 +1,6 @@
-//! The one listener: accept loop, HTTP/1.1 and HTTP/2 with upgrades (for WebSockets), the
-//! client address for every request, and graceful shutdown.
+//! The one listener: accept loop, TLS (rustls) when configured, HTTP/1.1 and HTTP/2 with
+//! upgrades (for WebSockets, over TLS too), the client address for every request, and
+//! graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,11 +8,14 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use hyper::body::Incoming;
 use tower_service::Service;
@@ -37,14 +41,20 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the daemon on `listener` until `shutdown` resolves, then stops accepting, closes
 /// every WebSocket with 1001 and gives connections in flight up to `grace` to finish.
+/// With `tls`, every connection is a TLS one (HTTPS and WSS); the rest is the same path.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let filter = crate::api::filter(state.clone());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -67,15 +77,36 @@ pub async fn serve(
             state: state.clone(),
             peer,
         };
-        let conn = Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        let watcher = graceful.watcher();
+        match &acceptor {
+            None => {
+                tokio::spawn(serve_connection(stream, svc, watcher));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let mut stopping = state.ws.shutdown.subscribe();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let tls = tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        // A handshake still in progress at shutdown is abandoned.
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                    };
+                    serve_connection(tls, svc, watcher).await;
+                });
+            }
+        }
     }
     drop(listener);
     let deadline = tokio::time::Instant::now() + grace;
@@ -90,6 +121,23 @@ pub async fn serve(
             "connections still open after {} s; closing them",
             grace.as_secs()
         );
+    }
+}
+
+/// Serves HTTP (with upgrades) on one accepted connection, plain or TLS, under the
+/// graceful-shutdown watcher.
+async fn serve_connection<I, S>(io: I, svc: Svc<S>, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let peer = svc.peer;
+    let conn = Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 

@@ -40,7 +40,7 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a process that is expected to exit on its own (CLI, refused start) may run.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
-const READY_MARKER: &str = "listening on http://127.0.0.1:";
+const READY_MARKER: &str = "listening on ";
 
 /// A `Command` for the orchard binary with a clean, deterministic environment: no inherited
 /// `ORCHARD_*` or `RUST_LOG`, and no colour codes in the logs.
@@ -123,10 +123,18 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-fn parse_port(line: &str) -> Option<u16> {
+/// The listener a `listening on http(s)://HOST:PORT` line announces: (port, TLS).
+fn parse_port(line: &str) -> Option<(u16, bool)> {
     let rest = &line[line.find(READY_MARKER)? + READY_MARKER.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+    let (tls, rest) = if let Some(r) = rest.strip_prefix("https://") {
+        (true, r)
+    } else {
+        (false, rest.strip_prefix("http://")?)
+    };
+    let authority: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    let (_, port) = authority.rsplit_once(':')?;
+    let digits: String = port.chars().take_while(char::is_ascii_digit).collect();
+    Some((digits.parse().ok()?, tls))
 }
 
 /// An HTTP response with its body read.
@@ -287,6 +295,7 @@ impl DaemonBuilder {
             running: None,
             logs: Arc::new(Mutex::new(String::new())),
             addr: None,
+            tls: false,
             client,
         }
     }
@@ -317,6 +326,7 @@ pub struct Daemon {
     running: Option<Running>,
     logs: Arc<Mutex<String>>,
     addr: Option<SocketAddr>,
+    tls: bool,
     pub client: reqwest::Client,
 }
 
@@ -417,15 +427,29 @@ impl Daemon {
             stdout_reader: Some(stdout_reader),
         };
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(port) => {
+            Ok((port, tls)) => {
                 self.addr = Some(SocketAddr::from(([127, 0, 0, 1], port)));
                 self.running = Some(running);
+                self.tls = tls;
+                if tls {
+                    // Trust the daemon's own (self-signed) certificate, nothing else.
+                    self.client = reqwest::Client::builder()
+                        .no_proxy()
+                        .timeout(Duration::from_secs(30))
+                        .tls_built_in_root_certs(false)
+                        .add_root_certificate(
+                            reqwest::Certificate::from_pem(&self.tls_cert_pem())
+                                .expect("the daemon's certificate parses"),
+                        )
+                        .build()
+                        .expect("https client");
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = running.child.kill();
                 let _ = running.child.wait();
                 panic!(
-                    "daemon did not report `{READY_MARKER}PORT` within {START_TIMEOUT:?}; stderr:\n{}",
+                    "daemon did not report `{READY_MARKER}http(s)://HOST:PORT` within {START_TIMEOUT:?}; stderr:\n{}",
                     self.logs()
                 );
             }
@@ -492,7 +516,19 @@ impl Daemon {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr(), path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr(), path)
+    }
+
+    /// Whether the running daemon announced an HTTPS listener.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The certificate the daemon serves (the self-signed one in its data directory).
+    pub fn tls_cert_pem(&self) -> Vec<u8> {
+        let path = self.data_dir.join("tls-cert.pem");
+        fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     pub fn admin_password(&self) -> &str {
@@ -654,7 +690,7 @@ fn install_plugin(dir: &Path, so: &Path) -> PathBuf {
     dest
 }
 
-fn read_stderr(stderr: ChildStderr, logs: &Mutex<String>, ready: &mpsc::Sender<u16>) {
+fn read_stderr(stderr: ChildStderr, logs: &Mutex<String>, ready: &mpsc::Sender<(u16, bool)>) {
     let mut reader = BufReader::new(stderr);
     let mut buf = Vec::new();
     let mut announced = false;
