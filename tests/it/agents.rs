@@ -49,6 +49,19 @@ async fn create_server(d: &Daemon, token: &str, name: &str) -> (String, String) 
     (id, key)
 }
 
+/// A daemon started with `env`, its admin token, and a new server `name` with its key in a
+/// file: `(daemon, admin token, server id, key file)`.
+async fn with_server(
+    env: &[(&str, &str)],
+    name: &str,
+) -> (Daemon, String, String, std::path::PathBuf) {
+    let d = daemon(env);
+    let admin = d.admin_token().await;
+    let (id, key) = create_server(&d, &admin, name).await;
+    let kf = key_file(&d, &key);
+    (d, admin, id, kf)
+}
+
 // ----- a JSON WebSocket client -----
 
 #[derive(Debug)]
@@ -205,6 +218,24 @@ impl J {
         assert_eq!(r["data"]["subscribed"], true, "{r}");
     }
 
+    /// Waits on a `host_status` socket for the host `id` to come online.
+    async fn online(&mut self, id: &str) {
+        self.expect(T, "online", |v| status_event(v, id, "online"))
+            .await;
+    }
+
+    /// Runs `command` on the host `host` through `command_execution` (request `id`) and
+    /// returns the answer.
+    async fn run_command(&mut self, host: &str, command: &str, id: &str) -> Value {
+        self.command(
+            "command_execution",
+            json!({"host_id": host, "command": command}),
+            id,
+            T,
+        )
+        .await
+    }
+
     /// Sends a channels `command` and returns the answer with that id.
     async fn command(&mut self, channel: &str, data: Value, id: &str, within: Duration) -> Value {
         self.send(&json!({"type": "command", "channel": channel, "data": data, "id": id}))
@@ -222,6 +253,14 @@ fn event_of(v: &Value, channel: &str) -> bool {
 
 fn status_event(v: &Value, host: &str, status: &str) -> bool {
     event_of(v, "host_status") && v["data"]["host_id"] == host && v["data"]["status"] == status
+}
+
+/// A channels socket subscribed to `host_status` for the host `id`.
+async fn status_watch(d: &Daemon, token: &str, id: &str) -> J {
+    let mut c = J::channels(d, token).await;
+    c.subscribe("host_status", Some(json!({"host_id": id})))
+        .await;
+    c
 }
 
 // ----- a real agent process -----
@@ -297,6 +336,23 @@ fn key_file(d: &Daemon, key: &str) -> std::path::PathBuf {
     let p = d.root().join(format!("key-{}", &key[key.len() - 8..]));
     std::fs::write(&p, format!("{key}\n")).unwrap();
     p
+}
+
+/// An executable `name` running `script`, alone in a new directory `dir` under the daemon's
+/// root. Returns the directory and a `PATH` that has it first.
+fn fake_bin(d: &Daemon, dir: &str, name: &str, script: &str) -> (std::path::PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = d.root().join(dir);
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join(name);
+    std::fs::write(&exe, script).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (bin, path)
 }
 
 // ----- REST -----
@@ -604,13 +660,8 @@ async fn agent_messages_are_limited_to_one_mebibyte() {
 
 #[tokio::test]
 async fn a_real_agent_reports_metrics_and_runs_commands_when_allowed() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "real").await;
-    let kf = key_file(&d, &key);
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let (d, admin, id, kf) = with_server(&[], "real").await;
+    let mut c = status_watch(&d, &admin, &id).await;
     c.subscribe("host_metrics", Some(json!({"host_id": id})))
         .await;
     c.subscribe("command_execution", None).await;
@@ -636,12 +687,7 @@ async fn a_real_agent_reports_metrics_and_runs_commands_when_allowed() {
     assert!(s["data"]["memory_percent"].as_f64().unwrap() > 0.0, "{s}");
 
     let r = c
-        .command(
-            "command_execution",
-            json!({"host_id": id, "command": "echo hello; echo oops >&2; exit 3"}),
-            "run-1",
-            T,
-        )
+        .run_command(&id, "echo hello; echo oops >&2; exit 3", "run-1")
         .await;
     assert_eq!(r["type"], "response", "{r}; agent log:\n{}", agent.logs());
     assert_eq!(r["channel"], "command_execution");
@@ -670,14 +716,7 @@ async fn a_real_agent_reports_metrics_and_runs_commands_when_allowed() {
     // The output went to the sender only.
     let mut other = J::channels(&d, &admin).await;
     other.subscribe("command_execution", None).await;
-    let r = c
-        .command(
-            "command_execution",
-            json!({"host_id": id, "command": "echo again"}),
-            "run-2",
-            T,
-        )
-        .await;
+    let r = c.run_command(&id, "echo again", "run-2").await;
     assert_eq!(r["data"]["stdout"], "again\n", "{r}");
     other.send(&json!({"type": "ping", "id": "fence"})).await;
     let before = other
@@ -693,24 +732,11 @@ async fn a_real_agent_reports_metrics_and_runs_commands_when_allowed() {
 
 #[tokio::test]
 async fn an_agent_without_allow_commands_refuses_them() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "careful").await;
-    let kf = key_file(&d, &key);
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let (d, admin, id, kf) = with_server(&[], "careful").await;
+    let mut c = status_watch(&d, &admin, &id).await;
     let _agent = Agent::start(&d, &kf, &[]);
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
-    let r = c
-        .command(
-            "command_execution",
-            json!({"host_id": id, "command": "touch /tmp/never"}),
-            "r",
-            T,
-        )
-        .await;
+    c.online(&id).await;
+    let r = c.run_command(&id, "touch /tmp/never", "r").await;
     assert_eq!(r["type"], "error", "{r}");
     assert_eq!(r["data"]["code"], "COMMAND_FAILED", "{r}");
     assert!(
@@ -741,16 +767,10 @@ async fn an_agent_without_allow_commands_refuses_them() {
 
 #[tokio::test]
 async fn a_command_times_out_after_agents_command_timeout() {
-    let d = daemon(&[("ORCHARD_AGENTS_COMMAND_TIMEOUT", "1")]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "slow").await;
-    let kf = key_file(&d, &key);
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let (d, admin, id, kf) = with_server(&[("ORCHARD_AGENTS_COMMAND_TIMEOUT", "1")], "slow").await;
+    let mut c = status_watch(&d, &admin, &id).await;
     let _agent = Agent::start(&d, &kf, &["--allow-commands"]);
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
+    c.online(&id).await;
     // The client asks for more; the configured limit wins.
     let r = c
         .command(
@@ -770,17 +790,11 @@ async fn a_command_times_out_after_agents_command_timeout() {
 
 #[tokio::test]
 async fn a_killed_agent_goes_offline_and_a_restarted_one_comes_back() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "phoenix").await;
-    let kf = key_file(&d, &key);
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let (d, admin, id, kf) = with_server(&[], "phoenix").await;
+    let mut c = status_watch(&d, &admin, &id).await;
     c.subscribe("system_alerts", None).await;
     let mut agent = Agent::start(&d, &kf, &[]);
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
+    c.online(&id).await;
     agent.kill();
     let e = c
         .expect(T, "offline", |v| status_event(v, &id, "offline"))
@@ -896,14 +910,7 @@ async fn the_logs_stream_carries_agent_lines_and_the_daemons_events() {
 
     // A command run on the host is logged there.
     let mut c = J::channels(&d, &admin).await;
-    let r = c
-        .command(
-            "command_execution",
-            json!({"host_id": id, "command": "true"}),
-            "x",
-            T,
-        )
-        .await;
+    let r = c.run_command(&id, "true", "x").await;
     assert_eq!(r["type"], "response", "{r}");
     logs.expect(T, "the command's log line", |v| {
         v["type"] == "log"
@@ -961,36 +968,19 @@ async fn per_server_streams_need_a_valid_token_first() {
 
 #[tokio::test]
 async fn package_operations_run_through_the_agent_with_progress() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "pkg").await;
-    let kf = key_file(&d, &key);
+    let (d, admin, id, kf) = with_server(&[], "pkg").await;
     // A stand-in apt-get first on the agent's PATH, speaking apt's status protocol.
-    let bin = d.root().join("fake-bin");
-    std::fs::create_dir(&bin).unwrap();
-    let apt = bin.join("apt-get");
-    std::fs::write(
-        &apt,
+    let (bin, path) = fake_bin(
+        &d,
+        "fake-bin",
+        "apt-get",
         "#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\necho 'dlstatus:1:40:Retrieving file 1 of 1'\necho 'pmstatus:nginx:50:Unpacking nginx'\necho 'pmstatus:nginx:100:Installed nginx'\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&apt, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     );
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let mut c = status_watch(&d, &admin, &id).await;
     c.subscribe("package_operations", Some(json!({"host_id": id})))
         .await;
     let _agent = Agent::start_with_env(&d, &kf, &["--allow-commands"], &[("PATH", path)]);
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
+    c.online(&id).await;
 
     // Without MANAGE_SYSTEM_RESOURCES: refused.
     let u = d
@@ -1056,14 +1046,7 @@ async fn the_local_host_runs_commands_only_with_agents_local_commands() {
         let list = d.get("/api/v1/servers", Some(&admin)).await.expect(200);
         let local = list[0]["server_id"].as_str().unwrap().to_owned();
         let mut c = J::channels(&d, &admin).await;
-        let r = c
-            .command(
-                "command_execution",
-                json!({"host_id": local, "command": "echo local"}),
-                "l",
-                T,
-            )
-            .await;
+        let r = c.run_command(&local, "echo local", "l").await;
         if allowed {
             assert_eq!(r["type"], "response", "{r}");
             assert_eq!(r["data"]["stdout"], "local\n", "{r}");
@@ -1083,10 +1066,7 @@ async fn the_local_host_runs_commands_only_with_agents_local_commands() {
 
 #[tokio::test]
 async fn docker_commands_reach_the_docker_engine_api_through_the_agent() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "docker-host").await;
-    let kf = key_file(&d, &key);
+    let (d, admin, id, kf) = with_server(&[], "docker-host").await;
     // A stand-in Docker Engine on a unix socket: records the request line, answers 204.
     let sock = d.root().join("docker.sock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
@@ -1110,17 +1090,14 @@ async fn docker_commands_reach_the_docker_engine_api_through_the_agent() {
                 .await;
         }
     });
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let mut c = status_watch(&d, &admin, &id).await;
     let _agent = Agent::start_with_env(
         &d,
         &kf,
         &["--allow-commands"],
         &[("DOCKER_HOST", format!("unix://{}", sock.display()))],
     );
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
+    c.online(&id).await;
     let r = c
         .command(
             "command_execution",
@@ -1151,27 +1128,13 @@ async fn docker_commands_reach_the_docker_engine_api_through_the_agent() {
 
 #[tokio::test]
 async fn the_agent_forwards_journal_entries_with_their_priority() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "journald").await;
-    let kf = key_file(&d, &key);
+    let (d, admin, id, kf) = with_server(&[], "journald").await;
     // A stand-in journalctl first on the agent's PATH: two entries, then it follows on.
-    let bin = d.root().join("fake-journal");
-    std::fs::create_dir(&bin).unwrap();
-    let jc = bin.join("journalctl");
-    std::fs::write(
-        &jc,
+    let (_, path) = fake_bin(
+        &d,
+        "fake-journal",
+        "journalctl",
         "#!/bin/sh\necho '{\"MESSAGE\":\"disk almost full\",\"PRIORITY\":\"4\",\"SYSLOG_IDENTIFIER\":\"monitor\"}'\necho 'not json'\nexec sleep 5\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&jc, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     );
     let mut logs = J::stream(&d, "logs", &id, &admin).await;
     let _agent = Agent::start_with_env(&d, &kf, &["--journal"], &[("PATH", path)]);
