@@ -19,25 +19,15 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::channels::{Chan, Got};
+use crate::channels::{self, Chan, Got};
 use crate::harness::{Daemon, orchard_command, uuid_of};
 
 /// How long any expected message may take (generous: tests run in parallel).
 const T: Duration = Duration::from_secs(20);
 
-const NO_THRESHOLD_ALERTS: [(&str, &str); 4] = [
-    ("ORCHARD_ALERTS_DISK_WARNING", "1000"),
-    ("ORCHARD_ALERTS_DISK_CRITICAL", "1001"),
-    ("ORCHARD_ALERTS_MEMORY_WARNING", "1000"),
-    ("ORCHARD_ALERTS_MEMORY_CRITICAL", "1001"),
-];
-
+/// A daemon with `env` and thresholds that raise no disk or memory alert.
 fn daemon(env: &[(&str, &str)]) -> Daemon {
-    let mut b = Daemon::builder();
-    for (k, v) in NO_THRESHOLD_ALERTS.iter().chain(env) {
-        b = b.env(k, v);
-    }
-    b.start()
+    channels::daemon(&channels::quiet_alerts(env))
 }
 
 async fn create_server(d: &Daemon, token: &str, name: &str) -> (String, String) {

@@ -49,7 +49,7 @@ const NO_THRESHOLD_ALERTS: [(&str, &str); 4] = [
     ("ORCHARD_ALERTS_MEMORY_CRITICAL", "1001"),
 ];
 
-fn daemon(env: &[(&str, &str)]) -> Daemon {
+pub(crate) fn daemon(env: &[(&str, &str)]) -> Daemon {
     let mut b = Daemon::builder();
     for (k, v) in env {
         b = b.env(k, v);
@@ -58,7 +58,7 @@ fn daemon(env: &[(&str, &str)]) -> Daemon {
 }
 
 /// `env` plus thresholds that raise no disk or memory alert.
-fn quiet_alerts<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn quiet_alerts<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut v = NO_THRESHOLD_ALERTS.to_vec();
     v.extend_from_slice(env);
     v
