@@ -311,6 +311,23 @@ impl Agents {
         }
     }
 
+    /// Sends `job` to the host's agent and waits (`timeout` and a grace) for its one answer.
+    async fn job_answer(
+        &self,
+        host_id: &str,
+        job: Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let (id, mut rx) = self.send_job(host_id, job)?;
+        let got = tokio::time::timeout(timeout + GRACE, rx.recv()).await;
+        self.forget(host_id, &id);
+        match got {
+            Err(_) => Err(format!("timed out after {} s", timeout.as_secs())),
+            Ok(None) => Err("the agent disconnected before answering".into()),
+            Ok(Some(v)) => Ok(v),
+        }
+    }
+
     fn local_allowed(&self, host_id: &str) -> Option<Result<(), String>> {
         if !self.hosts.is_local(host_id) {
             return None;
@@ -345,14 +362,7 @@ impl Agents {
         job.insert("type".into(), json!("command"));
         job.insert("command".into(), json!(command));
         job.insert("timeout".into(), json!(timeout.as_secs()));
-        let (id, mut rx) = self.send_job(host_id, job)?;
-        let got = tokio::time::timeout(timeout + GRACE, rx.recv()).await;
-        self.forget(host_id, &id);
-        let v = match got {
-            Err(_) => return Err(format!("timed out after {} s", timeout.as_secs())),
-            Ok(None) => return Err("the agent disconnected before answering".into()),
-            Ok(Some(v)) => v,
-        };
+        let v = self.job_answer(host_id, job, timeout).await?;
         if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
             return Err(e.as_str().map_or_else(|| e.to_string(), str::to_owned));
         }
@@ -384,14 +394,7 @@ impl Agents {
         job.insert("type".into(), json!("docker_command"));
         job.insert("action".into(), json!(action));
         job.insert("container_id".into(), json!(container_id));
-        let (id, mut rx) = self.send_job(host_id, job)?;
-        let got = tokio::time::timeout(timeout + GRACE, rx.recv()).await;
-        self.forget(host_id, &id);
-        let v = match got {
-            Err(_) => return Err(format!("timed out after {} s", timeout.as_secs())),
-            Ok(None) => return Err("the agent disconnected before answering".into()),
-            Ok(Some(v)) => v,
-        };
+        let v = self.job_answer(host_id, job, timeout).await?;
         if let Some(e) = v.get("error").and_then(Value::as_str) {
             return Err(e.to_owned());
         }

@@ -25,17 +25,22 @@ pub async fn run_shell(command: &str, timeout: Duration) -> Result<Output, Strin
     run(cmd, timeout).await
 }
 
-/// Runs a prepared command (stdin closed, output captured) with a deadline.
-pub async fn run(mut cmd: tokio::process::Command, timeout: Duration) -> Result<Output, String> {
-    let started = Instant::now();
+/// Starts `cmd` in its own process group with stdin closed and stdout and stderr captured;
+/// dropping the child kills it.
+pub fn spawn_captured(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .process_group(0);
-    let mut child = cmd
+        .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start the command: {e}"))?;
+}
+
+/// Runs a prepared command (stdin closed, output captured) with a deadline.
+pub async fn run(mut cmd: tokio::process::Command, timeout: Duration) -> Result<Output, String> {
+    let started = Instant::now();
+    let mut child =
+        spawn_captured(&mut cmd).map_err(|e| format!("cannot start the command: {e}"))?;
     let pid = child.id();
     let out = child.stdout.take();
     let err = child.stderr.take();

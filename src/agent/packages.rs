@@ -3,7 +3,6 @@
 //! transaction counters.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -116,14 +115,8 @@ pub async fn run<F: FnMut(&Value) + ?Sized>(
             };
         }
     }
-    cmd.arg(package)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
-    let mut child = cmd
-        .spawn()
+    cmd.arg(package);
+    let mut child = super::exec::spawn_captured(&mut cmd)
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let pid = child.id();
     progress(

@@ -106,12 +106,7 @@ pub async fn serve_agent(
         Ok(Some(s)) => s,
         Ok(None) => {
             tracing::info!("agent refused: invalid or inactive API key");
-            conn::refuse(
-                ws,
-                Some(error_message("Invalid or inactive API key")),
-                CloseWith::new(code::UNAUTHORIZED, "invalid API key"),
-            )
-            .await;
+            refuse_key(ws).await;
             return;
         }
         Err(e) => {
@@ -131,12 +126,7 @@ pub async fn serve_agent(
         .to_string(),
     ));
     let Some(conn_id) = agents.attach(&server.server_id, ctl.clone()) else {
-        conn::refuse(
-            ws,
-            Some(error_message("Invalid or inactive API key")),
-            CloseWith::new(code::UNAUTHORIZED, "invalid API key"),
-        )
-        .await;
+        refuse_key(ws).await;
         return;
     };
     tracing::info!(
@@ -158,6 +148,16 @@ pub async fn serve_agent(
     .await;
     agents.detach(&server.server_id, conn_id);
     tracing::info!(server_id = server.server_id, "agent disconnected");
+}
+
+/// Refuses an agent whose API key is unknown or no longer active.
+async fn refuse_key(ws: Socket) {
+    conn::refuse(
+        ws,
+        Some(error_message("Invalid or inactive API key")),
+        CloseWith::new(code::UNAUTHORIZED, "invalid API key"),
+    )
+    .await;
 }
 
 /// `/api/v1/ws/metrics/{server_id}` and `/api/v1/ws/logs/{server_id}`. The token comes in
@@ -191,17 +191,10 @@ pub async fn serve_stream(
     drop(unauthenticated);
     let (actor, registration) = match admitted {
         Ok(pair) => pair,
-        Err(super::Refusal::BadToken) => {
-            conn::refuse(
-                ws,
-                Some(error_message("Invalid or expired token")),
-                CloseWith::new(code::UNAUTHORIZED, "invalid token"),
-            )
-            .await;
-            return;
-        }
         Err(refusal) => {
-            conn::refuse(ws, None, refusal.close()).await;
+            refusal
+                .refuse(ws, error_message("Invalid or expired token"))
+                .await;
             return;
         }
     };

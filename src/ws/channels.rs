@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Socket;
-use super::conn::{self, CloseWith, Control, Reply, Text, code};
+use super::conn::{self, Control, Reply, Text};
 use crate::db::{AlertRecord, AuditEntry};
 use crate::hosts::HostEvent;
 use crate::model::{Permission, User, now_iso};
@@ -425,17 +425,8 @@ pub async fn serve(
     drop(unauthenticated);
     let (actor, registration) = match admitted {
         Ok(a) => a,
-        Err(super::Refusal::BadToken) => {
-            conn::refuse(
-                ws,
-                Some(super::auth_failed()),
-                CloseWith::new(code::UNAUTHORIZED, "invalid token"),
-            )
-            .await;
-            return;
-        }
         Err(refusal) => {
-            conn::refuse(ws, None, refusal.close()).await;
+            refusal.refuse(ws, super::auth_failed()).await;
             return;
         }
     };

@@ -397,6 +397,22 @@ impl Refusal {
             Self::ServerError => CloseWith::new(code::SERVER_ERROR, "server error"),
         }
     }
+
+    /// Refuses the socket: a bad token with `bad_token` first and a 4401 `invalid token`
+    /// close, anything else with its own close and no message.
+    pub async fn refuse(self, ws: Socket, bad_token: conn::Text) {
+        match self {
+            Self::BadToken => {
+                conn::refuse(
+                    ws,
+                    Some(bad_token),
+                    CloseWith::new(code::UNAUTHORIZED, "invalid token"),
+                )
+                .await;
+            }
+            other => conn::refuse(ws, None, other.close()).await,
+        }
+    }
 }
 
 /// Judges the admission's database read of the token's user.

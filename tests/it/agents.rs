@@ -16,27 +16,18 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::channels::{self, Chan, Got};
 use crate::harness::{Daemon, orchard_command, uuid_of};
 
 /// How long any expected message may take (generous: tests run in parallel).
 const T: Duration = Duration::from_secs(20);
 
-const NO_THRESHOLD_ALERTS: [(&str, &str); 4] = [
-    ("ORCHARD_ALERTS_DISK_WARNING", "1000"),
-    ("ORCHARD_ALERTS_DISK_CRITICAL", "1001"),
-    ("ORCHARD_ALERTS_MEMORY_WARNING", "1000"),
-    ("ORCHARD_ALERTS_MEMORY_CRITICAL", "1001"),
-];
-
+/// A daemon with `env` and thresholds that raise no disk or memory alert.
 fn daemon(env: &[(&str, &str)]) -> Daemon {
-    let mut b = Daemon::builder();
-    for (k, v) in NO_THRESHOLD_ALERTS.iter().chain(env) {
-        b = b.env(k, v);
-    }
-    b.start()
+    channels::daemon(&channels::quiet_alerts(env))
 }
 
 async fn create_server(d: &Daemon, token: &str, name: &str) -> (String, String) {
@@ -49,41 +40,27 @@ async fn create_server(d: &Daemon, token: &str, name: &str) -> (String, String) 
     (id, key)
 }
 
-// ----- a JSON WebSocket client -----
-
-#[derive(Debug)]
-enum Got {
-    Msg(Value),
-    Closed(u16),
-    Ended(#[allow(dead_code, reason = "shown through Debug in failure messages")] String),
+/// A daemon started with `env`, its admin token, and a new server `name` with its key in a
+/// file: `(daemon, admin token, server id, key file)`.
+async fn with_server(
+    env: &[(&str, &str)],
+    name: &str,
+) -> (Daemon, String, String, std::path::PathBuf) {
+    let d = daemon(env);
+    let admin = d.admin_token().await;
+    let (id, key) = create_server(&d, &admin, name).await;
+    let kf = key_file(&d, &key);
+    (d, admin, id, kf)
 }
 
-struct J {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    seen: Vec<String>,
-}
+// ----- the channels client, with what the agent tests add -----
 
-impl J {
-    async fn open(d: &Daemon, path_and_query: &str) -> Self {
-        let url = format!("ws://{}{path_and_query}", d.addr());
-        let (ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(url.as_str()))
-            .await
-            .unwrap_or_else(|_| panic!("connect to {url} timed out"))
-            .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
-        Self {
-            ws,
-            seen: Vec::new(),
-        }
-    }
-
-    /// A channels (`/ws`) socket.
-    async fn channels(d: &Daemon, token: &str) -> Self {
-        Self::open(d, &format!("/ws?token={token}")).await
-    }
-
+/// The agent tests' additions to the channels client: the agent socket, the per-server
+/// streams and `command`s.
+impl Chan {
     /// A raw agent socket, authenticated with `key`; returns it with the `auth_success`.
     async fn agent(d: &Daemon, key: &str) -> (Self, Value) {
-        let mut a = Self::open(d, "/api/v1/agents/ws").await;
+        let mut a = Self::open_raw(d, "/api/v1/agents/ws").await;
         a.send(&json!({"type": "auth", "api_key": key})).await;
         let ok = a.next(T).await;
         assert_eq!(ok["type"], "auth_success", "{ok}");
@@ -92,117 +69,33 @@ impl J {
 
     /// A per-server stream socket (`metrics` or `logs`), authenticated.
     async fn stream(d: &Daemon, kind: &str, server_id: &str, token: &str) -> Self {
-        let mut s = Self::open(d, &format!("/api/v1/ws/{kind}/{server_id}")).await;
+        let mut s = Self::open_raw(d, &format!("/api/v1/ws/{kind}/{server_id}")).await;
         s.send(&json!({"type": "auth", "token": token})).await;
         let ok = s.next(T).await;
         assert_eq!(ok["type"], "auth_success", "{ok}");
         s
     }
 
-    async fn send(&mut self, v: &Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
-    }
-
-    async fn read_until(&mut self, deadline: Instant) -> Option<Got> {
-        loop {
-            let m = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(None) => return Some(Got::Ended("stream ended".into())),
-                Ok(Some(Err(e))) => return Some(Got::Ended(e.to_string())),
-                Ok(Some(Ok(m))) => m,
-            };
-            match m {
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("not JSON ({e}): {t}"));
-                    self.seen.push(format!(
-                        "{}/{}",
-                        v["type"].as_str().unwrap_or_default(),
-                        v["channel"].as_str().unwrap_or_default()
-                    ));
-                    return Some(Got::Msg(v));
-                }
-                Message::Close(f) => {
-                    return Some(Got::Closed(f.map_or(1005, |f| u16::from(f.code))));
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Messages up to and including the first for which `want` holds.
-    async fn collect_until(
-        &mut self,
-        within: Duration,
-        want: impl Fn(&Value) -> bool,
-    ) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        let mut out = Vec::new();
-        loop {
-            match self.read_until(deadline).await {
-                Some(Got::Msg(v)) => {
-                    let done = want(&v);
-                    out.push(v);
-                    if done {
-                        return out;
-                    }
-                }
-                other => panic!("collecting: got {other:?}; seen {:?}", self.seen),
-            }
-        }
-    }
-
     async fn next(&mut self, within: Duration) -> Value {
         self.expect(within, "any message", |_| true).await
     }
 
-    async fn expect(
-        &mut self,
-        within: Duration,
-        what: &str,
-        want: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            match self.read_until(deadline).await {
-                Some(Got::Msg(v)) if want(&v) => return v,
-                Some(Got::Msg(_)) => {}
-                other => panic!("waiting for {what}: got {other:?}; seen {:?}", self.seen),
-            }
-        }
-    }
-
-    /// The close code, skipping messages.
-    async fn close_code(&mut self, within: Duration) -> u16 {
-        let deadline = Instant::now() + within;
-        loop {
-            match self.read_until(deadline).await {
-                Some(Got::Msg(_)) => {}
-                Some(Got::Closed(c)) => return c,
-                other => panic!(
-                    "expected a close frame: got {other:?}; seen {:?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// Subscribes on a channels socket and waits for the answer.
-    async fn subscribe(&mut self, channel: &str, filters: Option<Value>) {
-        let id = format!("sub-{channel}");
-        let mut m = json!({"type": "subscribe", "channel": channel, "id": id});
-        if let Some(f) = filters {
-            m["filters"] = f;
-        }
-        self.send(&m).await;
-        let r = self
-            .expect(T, "the subscribe answer", |v| v["id"] == id.as_str())
+    /// Waits on a `host_status` socket for the host `id` to come online.
+    async fn online(&mut self, id: &str) {
+        self.expect(T, "online", |v| status_event(v, id, "online"))
             .await;
-        assert_eq!(r["type"], "response", "{r}");
-        assert_eq!(r["data"]["subscribed"], true, "{r}");
+    }
+
+    /// Runs `command` on the host `host` through `command_execution` (request `id`) and
+    /// returns the answer.
+    async fn run_command(&mut self, host: &str, command: &str, id: &str) -> Value {
+        self.command(
+            "command_execution",
+            json!({"host_id": host, "command": command}),
+            id,
+            T,
+        )
+        .await
     }
 
     /// Sends a channels `command` and returns the answer with that id.
@@ -222,6 +115,14 @@ fn event_of(v: &Value, channel: &str) -> bool {
 
 fn status_event(v: &Value, host: &str, status: &str) -> bool {
     event_of(v, "host_status") && v["data"]["host_id"] == host && v["data"]["status"] == status
+}
+
+/// A channels socket subscribed to `host_status` for the host `id`.
+async fn status_watch(d: &Daemon, token: &str, id: &str) -> Chan {
+    let mut c = Chan::open(d, token).await;
+    c.subscribe("host_status", Some(json!({"host_id": id})))
+        .await;
+    c
 }
 
 // ----- a real agent process -----
@@ -297,6 +198,23 @@ fn key_file(d: &Daemon, key: &str) -> std::path::PathBuf {
     let p = d.root().join(format!("key-{}", &key[key.len() - 8..]));
     std::fs::write(&p, format!("{key}\n")).unwrap();
     p
+}
+
+/// An executable `name` running `script`, alone in a new directory `dir` under the daemon's
+/// root. Returns the directory and a `PATH` that has it first.
+fn fake_bin(d: &Daemon, dir: &str, name: &str, script: &str) -> (std::path::PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = d.root().join(dir);
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join(name);
+    std::fs::write(&exe, script).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (bin, path)
 }
 
 // ----- REST -----
@@ -387,7 +305,7 @@ async fn agent_auth_ok_wrong_late_and_revoked() {
     let (id, key) = create_server(&d, &admin, "web-01").await;
 
     // Wrong key: the document's error, then a close.
-    let mut a = J::open(&d, "/api/v1/agents/ws").await;
+    let mut a = Chan::open_raw(&d, "/api/v1/agents/ws").await;
     a.send(&json!({"type": "auth", "api_key": "orch_wrong"}))
         .await;
     let e = a.next(T).await;
@@ -398,11 +316,11 @@ async fn agent_auth_ok_wrong_late_and_revoked() {
     assert_eq!(a.close_code(T).await, 4401);
 
     // Nothing sent: closed after agents.auth_timeout.
-    let mut late = J::open(&d, "/api/v1/agents/ws").await;
+    let mut late = Chan::open_raw(&d, "/api/v1/agents/ws").await;
     assert_eq!(late.close_code(T).await, 4401);
 
     // Right key.
-    let (mut a, ok) = J::agent(&d, &key).await;
+    let (mut a, ok) = Chan::agent(&d, &key).await;
     assert_eq!(ok["server_id"], id.as_str(), "{ok}");
     assert!(ok["message"].is_string(), "{ok}");
     // A malformed message is answered, and the socket stays.
@@ -419,7 +337,7 @@ async fn agent_auth_ok_wrong_late_and_revoked() {
         .await;
     assert_eq!(r.status, 204);
     assert_eq!(a.close_code(T).await, 4401);
-    let mut again = J::open(&d, "/api/v1/agents/ws").await;
+    let mut again = Chan::open_raw(&d, "/api/v1/agents/ws").await;
     again.send(&json!({"type": "auth", "api_key": key})).await;
     let e = again.next(T).await;
     assert_eq!(e["message"], "Invalid or inactive API key", "{e}");
@@ -430,7 +348,7 @@ async fn agent_auth_ok_wrong_late_and_revoked() {
 async fn agent_metrics_in_both_shapes_feed_host_channels_and_the_metrics_stream() {
     let d = daemon(&[]);
     let admin = d.admin_token().await;
-    let mut c = J::channels(&d, &admin).await;
+    let mut c = Chan::open(&d, &admin).await;
     c.subscribe("fleet_status", None).await;
     let (id, key) = create_server(&d, &admin, "web-02").await;
     // A new server changes the fleet totals at once.
@@ -450,9 +368,9 @@ async fn agent_metrics_in_both_shapes_feed_host_channels_and_the_metrics_stream(
     c.subscribe("host_metrics", Some(json!({"host_id": id})))
         .await;
     c.subscribe("fleet_status", None).await;
-    let mut m = J::stream(&d, "metrics", &id, &admin).await;
+    let mut m = Chan::stream(&d, "metrics", &id, &admin).await;
 
-    let (mut a, _) = J::agent(&d, &key).await;
+    let (mut a, _) = Chan::agent(&d, &key).await;
     let e = c
         .expect(T, "host online", |v| status_event(v, &id, "online"))
         .await;
@@ -523,9 +441,9 @@ async fn one_agent_per_server_the_newer_replaces_the_older() {
     let d = daemon(&[]);
     let admin = d.admin_token().await;
     let (id, key) = create_server(&d, &admin, "dup").await;
-    let mut c = J::channels(&d, &admin).await;
-    let (mut first, _) = J::agent(&d, &key).await;
-    let (mut second, _) = J::agent(&d, &key).await;
+    let mut c = Chan::open(&d, &admin).await;
+    let (mut first, _) = Chan::agent(&d, &key).await;
+    let (mut second, _) = Chan::agent(&d, &key).await;
     assert_eq!(first.close_code(T).await, 4409);
     // Still online, and commands go to the newer connection.
     c.subscribe("command_execution", None).await;
@@ -553,8 +471,8 @@ async fn an_agent_gone_mid_command_fails_it_cleanly() {
     let d = daemon(&[]);
     let admin = d.admin_token().await;
     let (id, key) = create_server(&d, &admin, "flaky").await;
-    let (mut a, _) = J::agent(&d, &key).await;
-    let mut c = J::channels(&d, &admin).await;
+    let (mut a, _) = Chan::agent(&d, &key).await;
+    let mut c = Chan::open(&d, &admin).await;
     c.subscribe("fleet_status", None).await;
     c.send(&json!({"type": "command", "channel": "command_execution",
         "data": {"host_id": id, "command": "sleep 100", "timeout": 30}, "id": "c1"}))
@@ -589,7 +507,7 @@ async fn agent_messages_are_limited_to_one_mebibyte() {
     let d = daemon(&[]);
     let admin = d.admin_token().await;
     let (_, key) = create_server(&d, &admin, "big").await;
-    let (mut a, _) = J::agent(&d, &key).await;
+    let (mut a, _) = Chan::agent(&d, &key).await;
     // Under the limit is fine (a command output of half a mebibyte).
     let half = "x".repeat(512 * 1024);
     a.send(&json!({"type": "log", "level": "INFO", "message": half}))
@@ -604,17 +522,12 @@ async fn agent_messages_are_limited_to_one_mebibyte() {
 
 #[tokio::test]
 async fn a_real_agent_reports_metrics_and_runs_commands_when_allowed() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "real").await;
-    let kf = key_file(&d, &key);
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let (d, admin, id, kf) = with_server(&[], "real").await;
+    let mut c = status_watch(&d, &admin, &id).await;
     c.subscribe("host_metrics", Some(json!({"host_id": id})))
         .await;
     c.subscribe("command_execution", None).await;
-    let mut m = J::stream(&d, "metrics", &id, &admin).await;
+    let mut m = Chan::stream(&d, "metrics", &id, &admin).await;
     let agent = Agent::start(&d, &kf, &["--allow-commands"]);
 
     c.expect(T, "the agent's host online", |v| {
@@ -636,12 +549,7 @@ async fn a_real_agent_reports_metrics_and_runs_commands_when_allowed() {
     assert!(s["data"]["memory_percent"].as_f64().unwrap() > 0.0, "{s}");
 
     let r = c
-        .command(
-            "command_execution",
-            json!({"host_id": id, "command": "echo hello; echo oops >&2; exit 3"}),
-            "run-1",
-            T,
-        )
+        .run_command(&id, "echo hello; echo oops >&2; exit 3", "run-1")
         .await;
     assert_eq!(r["type"], "response", "{r}; agent log:\n{}", agent.logs());
     assert_eq!(r["channel"], "command_execution");
@@ -668,20 +576,15 @@ async fn a_real_agent_reports_metrics_and_runs_commands_when_allowed() {
     );
 
     // The output went to the sender only.
-    let mut other = J::channels(&d, &admin).await;
+    let mut other = Chan::open(&d, &admin).await;
     other.subscribe("command_execution", None).await;
-    let r = c
-        .command(
-            "command_execution",
-            json!({"host_id": id, "command": "echo again"}),
-            "run-2",
-            T,
-        )
-        .await;
+    let r = c.run_command(&id, "echo again", "run-2").await;
     assert_eq!(r["data"]["stdout"], "again\n", "{r}");
     other.send(&json!({"type": "ping", "id": "fence"})).await;
     let before = other
-        .collect_until(T, |v| v["type"] == "pong" && v["id"] == "fence")
+        .collect_until(T, "the fence", |v| {
+            v["type"] == "pong" && v["id"] == "fence"
+        })
         .await;
     assert!(
         !before
@@ -693,24 +596,11 @@ async fn a_real_agent_reports_metrics_and_runs_commands_when_allowed() {
 
 #[tokio::test]
 async fn an_agent_without_allow_commands_refuses_them() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "careful").await;
-    let kf = key_file(&d, &key);
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let (d, admin, id, kf) = with_server(&[], "careful").await;
+    let mut c = status_watch(&d, &admin, &id).await;
     let _agent = Agent::start(&d, &kf, &[]);
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
-    let r = c
-        .command(
-            "command_execution",
-            json!({"host_id": id, "command": "touch /tmp/never"}),
-            "r",
-            T,
-        )
-        .await;
+    c.online(&id).await;
+    let r = c.run_command(&id, "touch /tmp/never", "r").await;
     assert_eq!(r["type"], "error", "{r}");
     assert_eq!(r["data"]["code"], "COMMAND_FAILED", "{r}");
     assert!(
@@ -741,16 +631,10 @@ async fn an_agent_without_allow_commands_refuses_them() {
 
 #[tokio::test]
 async fn a_command_times_out_after_agents_command_timeout() {
-    let d = daemon(&[("ORCHARD_AGENTS_COMMAND_TIMEOUT", "1")]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "slow").await;
-    let kf = key_file(&d, &key);
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let (d, admin, id, kf) = with_server(&[("ORCHARD_AGENTS_COMMAND_TIMEOUT", "1")], "slow").await;
+    let mut c = status_watch(&d, &admin, &id).await;
     let _agent = Agent::start(&d, &kf, &["--allow-commands"]);
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
+    c.online(&id).await;
     // The client asks for more; the configured limit wins.
     let r = c
         .command(
@@ -770,17 +654,11 @@ async fn a_command_times_out_after_agents_command_timeout() {
 
 #[tokio::test]
 async fn a_killed_agent_goes_offline_and_a_restarted_one_comes_back() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "phoenix").await;
-    let kf = key_file(&d, &key);
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let (d, admin, id, kf) = with_server(&[], "phoenix").await;
+    let mut c = status_watch(&d, &admin, &id).await;
     c.subscribe("system_alerts", None).await;
     let mut agent = Agent::start(&d, &kf, &[]);
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
+    c.online(&id).await;
     agent.kill();
     let e = c
         .expect(T, "offline", |v| status_event(v, &id, "offline"))
@@ -851,8 +729,8 @@ async fn the_logs_stream_carries_agent_lines_and_the_daemons_events() {
     let kf = key_file(&d, &key);
     let log = d.root().join("app.log");
     std::fs::write(&log, "old line, never sent\n").unwrap();
-    let mut logs = J::stream(&d, "logs", &id, &admin).await;
-    let mut other = J::stream(&d, "logs", &other_id, &admin).await;
+    let mut logs = Chan::stream(&d, "logs", &id, &admin).await;
+    let mut other = Chan::stream(&d, "logs", &other_id, &admin).await;
     let _agent = Agent::start(
         &d,
         &kf,
@@ -877,7 +755,7 @@ async fn the_logs_stream_carries_agent_lines_and_the_daemons_events() {
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         writeln!(f, "ERROR something broke {n}").unwrap();
         let until = (Instant::now() + Duration::from_secs(2)).min(deadline);
-        match logs.read_until(until).await {
+        match logs.next_until(until).await {
             Some(Got::Msg(v)) if v["type"] == "log" && v["data"]["source"] == "agent" => break v,
             Some(Got::Msg(_)) | None if Instant::now() < deadline => {}
             other => panic!("no forwarded line: {other:?}"),
@@ -895,15 +773,8 @@ async fn the_logs_stream_carries_agent_lines_and_the_daemons_events() {
     assert!(!logs.seen.is_empty());
 
     // A command run on the host is logged there.
-    let mut c = J::channels(&d, &admin).await;
-    let r = c
-        .command(
-            "command_execution",
-            json!({"host_id": id, "command": "true"}),
-            "x",
-            T,
-        )
-        .await;
+    let mut c = Chan::open(&d, &admin).await;
+    let r = c.run_command(&id, "true", "x").await;
     assert_eq!(r["type"], "response", "{r}");
     logs.expect(T, "the command's log line", |v| {
         v["type"] == "log"
@@ -915,7 +786,9 @@ async fn the_logs_stream_carries_agent_lines_and_the_daemons_events() {
     .await;
     // Nothing of it reached another server's stream.
     other.send(&json!({"type": "ping"})).await;
-    let before = other.collect_until(T, |v| v["type"] == "pong").await;
+    let before = other
+        .collect_until(T, "a pong", |v| v["type"] == "pong")
+        .await;
     assert_eq!(before.len(), 1, "another server's stream got {before:?}");
 }
 
@@ -924,7 +797,7 @@ async fn per_server_streams_need_a_valid_token_first() {
     let d = daemon(&[("ORCHARD_HOSTS_METRICS_INTERVAL", "1")]);
     let admin = d.admin_token().await;
     let (id, _) = create_server(&d, &admin, "s").await;
-    let mut s = J::open(&d, &format!("/api/v1/ws/metrics/{id}")).await;
+    let mut s = Chan::open_raw(&d, &format!("/api/v1/ws/metrics/{id}")).await;
     s.send(&json!({"type": "auth", "token": "not-a-token"}))
         .await;
     let e = s.next(T).await;
@@ -936,61 +809,44 @@ async fn per_server_streams_need_a_valid_token_first() {
             .await;
         (u, d.login("nobody", "nobody-password-1").await)
     };
-    let mut s = J::open(&d, &format!("/api/v1/ws/logs/{id}")).await;
+    let mut s = Chan::open_raw(&d, &format!("/api/v1/ws/logs/{id}")).await;
     s.send(&json!({"type": "auth", "token": nobody})).await;
     assert_eq!(s.next(T).await["type"], "error");
     assert_eq!(s.close_code(T).await, 4403);
-    let _ = J::stream(&d, "logs", &id, &admin).await;
+    let _ = Chan::stream(&d, "logs", &id, &admin).await;
     // Like every WebSocket, the token may also come with the request.
-    let mut q = J::open(&d, &format!("/api/v1/ws/logs/{id}?token={admin}")).await;
+    let mut q = Chan::open_raw(&d, &format!("/api/v1/ws/logs/{id}?token={admin}")).await;
     assert_eq!(q.next(T).await["type"], "auth_success");
     q.send(&json!({"type": "auth", "token": admin})).await;
     assert_eq!(q.next(T).await["type"], "auth_success");
     // Unknown server: an error, then 4404.
-    let mut s = J::open(&d, "/api/v1/ws/metrics/no-such-server").await;
+    let mut s = Chan::open_raw(&d, "/api/v1/ws/metrics/no-such-server").await;
     s.send(&json!({"type": "auth", "token": admin})).await;
     assert_eq!(s.next(T).await["type"], "error");
     assert_eq!(s.close_code(T).await, 4404);
     // The local host is a server too: its stream carries the daemon's own samples.
     let list = d.get("/api/v1/servers", Some(&admin)).await.expect(200);
     let local = list[0]["server_id"].as_str().unwrap().to_owned();
-    let mut m = J::stream(&d, "metrics", &local, &admin).await;
+    let mut m = Chan::stream(&d, "metrics", &local, &admin).await;
     m.expect(T, "the local host's metrics", |v| v["type"] == "metrics")
         .await;
 }
 
 #[tokio::test]
 async fn package_operations_run_through_the_agent_with_progress() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "pkg").await;
-    let kf = key_file(&d, &key);
+    let (d, admin, id, kf) = with_server(&[], "pkg").await;
     // A stand-in apt-get first on the agent's PATH, speaking apt's status protocol.
-    let bin = d.root().join("fake-bin");
-    std::fs::create_dir(&bin).unwrap();
-    let apt = bin.join("apt-get");
-    std::fs::write(
-        &apt,
+    let (bin, path) = fake_bin(
+        &d,
+        "fake-bin",
+        "apt-get",
         "#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\necho 'dlstatus:1:40:Retrieving file 1 of 1'\necho 'pmstatus:nginx:50:Unpacking nginx'\necho 'pmstatus:nginx:100:Installed nginx'\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&apt, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     );
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let mut c = status_watch(&d, &admin, &id).await;
     c.subscribe("package_operations", Some(json!({"host_id": id})))
         .await;
     let _agent = Agent::start_with_env(&d, &kf, &["--allow-commands"], &[("PATH", path)]);
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
+    c.online(&id).await;
 
     // Without MANAGE_SYSTEM_RESOURCES: refused.
     let u = d
@@ -1004,7 +860,7 @@ async fn package_operations_run_through_the_agent_with_progress() {
         .await;
     let _ = uuid_of(&u);
     let ops = d.login("ops", "ops-password-123").await;
-    let mut o = J::channels(&d, &ops).await;
+    let mut o = Chan::open(&d, &ops).await;
     let r = o
         .command(
             "package_operations",
@@ -1055,15 +911,8 @@ async fn the_local_host_runs_commands_only_with_agents_local_commands() {
         let admin = d.admin_token().await;
         let list = d.get("/api/v1/servers", Some(&admin)).await.expect(200);
         let local = list[0]["server_id"].as_str().unwrap().to_owned();
-        let mut c = J::channels(&d, &admin).await;
-        let r = c
-            .command(
-                "command_execution",
-                json!({"host_id": local, "command": "echo local"}),
-                "l",
-                T,
-            )
-            .await;
+        let mut c = Chan::open(&d, &admin).await;
+        let r = c.run_command(&local, "echo local", "l").await;
         if allowed {
             assert_eq!(r["type"], "response", "{r}");
             assert_eq!(r["data"]["stdout"], "local\n", "{r}");
@@ -1083,10 +932,7 @@ async fn the_local_host_runs_commands_only_with_agents_local_commands() {
 
 #[tokio::test]
 async fn docker_commands_reach_the_docker_engine_api_through_the_agent() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "docker-host").await;
-    let kf = key_file(&d, &key);
+    let (d, admin, id, kf) = with_server(&[], "docker-host").await;
     // A stand-in Docker Engine on a unix socket: records the request line, answers 204.
     let sock = d.root().join("docker.sock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
@@ -1110,17 +956,14 @@ async fn docker_commands_reach_the_docker_engine_api_through_the_agent() {
                 .await;
         }
     });
-    let mut c = J::channels(&d, &admin).await;
-    c.subscribe("host_status", Some(json!({"host_id": id})))
-        .await;
+    let mut c = status_watch(&d, &admin, &id).await;
     let _agent = Agent::start_with_env(
         &d,
         &kf,
         &["--allow-commands"],
         &[("DOCKER_HOST", format!("unix://{}", sock.display()))],
     );
-    c.expect(T, "online", |v| status_event(v, &id, "online"))
-        .await;
+    c.online(&id).await;
     let r = c
         .command(
             "command_execution",
@@ -1151,29 +994,15 @@ async fn docker_commands_reach_the_docker_engine_api_through_the_agent() {
 
 #[tokio::test]
 async fn the_agent_forwards_journal_entries_with_their_priority() {
-    let d = daemon(&[]);
-    let admin = d.admin_token().await;
-    let (id, key) = create_server(&d, &admin, "journald").await;
-    let kf = key_file(&d, &key);
+    let (d, admin, id, kf) = with_server(&[], "journald").await;
     // A stand-in journalctl first on the agent's PATH: two entries, then it follows on.
-    let bin = d.root().join("fake-journal");
-    std::fs::create_dir(&bin).unwrap();
-    let jc = bin.join("journalctl");
-    std::fs::write(
-        &jc,
+    let (_, path) = fake_bin(
+        &d,
+        "fake-journal",
+        "journalctl",
         "#!/bin/sh\necho '{\"MESSAGE\":\"disk almost full\",\"PRIORITY\":\"4\",\"SYSLOG_IDENTIFIER\":\"monitor\"}'\necho 'not json'\nexec sleep 5\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&jc, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     );
-    let mut logs = J::stream(&d, "logs", &id, &admin).await;
+    let mut logs = Chan::stream(&d, "logs", &id, &admin).await;
     let _agent = Agent::start_with_env(&d, &kf, &["--journal"], &[("PATH", path)]);
     let e = logs
         .expect(T, "the journal entry", |v| {
@@ -1389,9 +1218,9 @@ async fn alerts_about_a_server_reach_its_streams() {
     let d = daemon(&[]);
     let admin = d.admin_token().await;
     let (id, key) = create_server(&d, &admin, "watched").await;
-    let mut logs = J::stream(&d, "logs", &id, &admin).await;
-    let mut metrics = J::stream(&d, "metrics", &id, &admin).await;
-    let (a, _) = J::agent(&d, &key).await;
+    let mut logs = Chan::stream(&d, "logs", &id, &admin).await;
+    let mut metrics = Chan::stream(&d, "metrics", &id, &admin).await;
+    let (a, _) = Chan::agent(&d, &key).await;
     logs.expect(T, "the connect line", |v| {
         v["type"] == "log" && v["data"]["message"] == "agent connected"
     })
@@ -1433,9 +1262,9 @@ async fn threshold_rules_apply_to_agent_metrics() {
         .start();
     let admin = d.admin_token().await;
     let (id, key) = create_server(&d, &admin, "full-disk").await;
-    let mut c = J::channels(&d, &admin).await;
+    let mut c = Chan::open(&d, &admin).await;
     c.subscribe("system_alerts", None).await;
-    let (mut a, _) = J::agent(&d, &key).await;
+    let (mut a, _) = Chan::agent(&d, &key).await;
     a.send(
         &json!({"type": "metrics", "cpu_percent": 1, "memory_percent": 2,
         "disk_usage": [{"mount": "/data", "percent": 95}]}),

@@ -49,7 +49,7 @@ const NO_THRESHOLD_ALERTS: [(&str, &str); 4] = [
     ("ORCHARD_ALERTS_MEMORY_CRITICAL", "1001"),
 ];
 
-fn daemon(env: &[(&str, &str)]) -> Daemon {
+pub(crate) fn daemon(env: &[(&str, &str)]) -> Daemon {
     let mut b = Daemon::builder();
     for (k, v) in env {
         b = b.env(k, v);
@@ -58,7 +58,7 @@ fn daemon(env: &[(&str, &str)]) -> Daemon {
 }
 
 /// `env` plus thresholds that raise no disk or memory alert.
-fn quiet_alerts<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn quiet_alerts<'a>(env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut v = NO_THRESHOLD_ALERTS.to_vec();
     v.extend_from_slice(env);
     v
@@ -79,17 +79,19 @@ enum Auth {
 
 /// What reading a socket gave.
 #[derive(Debug)]
-enum Got {
+pub(crate) enum Got {
     Msg(Value),
     Closed(u16),
     Ended(String),
 }
 
-/// One `/ws` channels connection.
-struct Chan {
+/// One `/ws` channels connection (or, from `open_raw`, any other JSON WebSocket).
+pub(crate) struct Chan {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Every message read so far, as `type/channel`, for failure messages.
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
+    /// Whether every message must be a channels envelope.
+    envelope: bool,
 }
 
 fn form_encode(s: &str) -> String {
@@ -97,8 +99,17 @@ fn form_encode(s: &str) -> String {
 }
 
 impl Chan {
-    async fn open(d: &Daemon, token: &str) -> Self {
+    /// A channels socket with the token as `?token=`.
+    pub(crate) async fn open(d: &Daemon, token: &str) -> Self {
         Self::open_with(d, token, Auth::Token).await
+    }
+
+    /// A JSON socket on `path_and_query` whose messages need not be channels envelopes
+    /// (the agent socket, the per-server streams).
+    pub(crate) async fn open_raw(d: &Daemon, path_and_query: &str) -> Self {
+        let url = format!("ws://{}{path_and_query}", d.addr());
+        let req = url.as_str().into_client_request().expect("request");
+        Self::connect(req, &url, false).await
     }
 
     async fn open_with(d: &Daemon, token: &str, how: Auth) -> Self {
@@ -115,23 +126,32 @@ impl Chan {
                 HeaderValue::from_str(&format!("Bearer {token}")).expect("header value"),
             );
         }
+        Self::connect(req, &url, true).await
+    }
+
+    async fn connect(
+        req: tungstenite::handshake::client::Request,
+        url: &str,
+        envelope: bool,
+    ) -> Self {
         let ws = match tokio::time::timeout(T, tokio_tungstenite::connect_async(req)).await {
             Err(_) => panic!("WebSocket connect to {url} timed out"),
             Ok(Err(tungstenite::Error::Http(resp))) => panic!(
-                "WebSocket upgrade to /ws refused with HTTP {}: {}",
+                "WebSocket upgrade to {url} refused with HTTP {}: {}",
                 resp.status(),
                 String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
             ),
-            Ok(Err(e)) => panic!("WebSocket connect to /ws failed: {e}"),
+            Ok(Err(e)) => panic!("WebSocket connect to {url} failed: {e}"),
             Ok(Ok((ws, _))) => ws,
         };
         Self {
             ws,
             seen: Vec::new(),
+            envelope,
         }
     }
 
-    async fn next_until(&mut self, deadline: Instant) -> Option<Got> {
+    pub(crate) async fn next_until(&mut self, deadline: Instant) -> Option<Got> {
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return None,
@@ -143,7 +163,9 @@ impl Chan {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(t.as_str())
                         .unwrap_or_else(|e| panic!("message is not JSON ({e}): {t}"));
-                    assert_envelope(&v);
+                    if self.envelope {
+                        assert_envelope(&v);
+                    }
                     self.seen.push(format!(
                         "{}/{}",
                         v["type"].as_str().unwrap_or_default(),
@@ -162,7 +184,7 @@ impl Chan {
 
     /// The next message for which `want` holds, skipping others; fails the test on timeout,
     /// close or end.
-    async fn expect(
+    pub(crate) async fn expect(
         &mut self,
         within: Duration,
         what: &str,
@@ -175,7 +197,7 @@ impl Chan {
     }
 
     /// Messages up to and including the first for which `want` holds.
-    async fn collect_until(
+    pub(crate) async fn collect_until(
         &mut self,
         within: Duration,
         what: &str,
@@ -225,7 +247,7 @@ impl Chan {
     }
 
     /// How the socket ends (a close code), skipping messages.
-    async fn close_code(&mut self, within: Duration) -> u16 {
+    pub(crate) async fn close_code(&mut self, within: Duration) -> u16 {
         let deadline = Instant::now() + within;
         loop {
             match self.next_until(deadline).await {
@@ -243,14 +265,14 @@ impl Chan {
         }
     }
 
-    async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         self.ws
             .send(Message::text(text.to_owned()))
             .await
             .expect("send a text message");
     }
 
-    async fn send(&mut self, v: &Value) {
+    pub(crate) async fn send(&mut self, v: &Value) {
         self.send_text(&v.to_string()).await;
     }
 
@@ -287,7 +309,7 @@ impl Chan {
     }
 
     /// Subscribes and requires `{"type":"response","data":{"subscribed":true}}`.
-    async fn subscribe(&mut self, channel: &str, filters: Option<Value>) -> Value {
+    pub(crate) async fn subscribe(&mut self, channel: &str, filters: Option<Value>) -> Value {
         let id = json!(format!("sub-{channel}"));
         let r = self.request("subscribe", channel, &id, filters).await;
         assert_subscribed(&r, channel, true);

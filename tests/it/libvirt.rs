@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use crate::fixtures::libvirt_plugin;
 use crate::harness::{Daemon, eventually, orchard_command, run_to_exit, stderr_of, stdout_of};
 use crate::machines::{detail, list_machines, power, power_ok, wait_status};
-use crate::vms::{Got, Sock, ws_url};
+use crate::vms::{Got, Sock, type_in, ws_url};
+use crate::ws::LIFECYCLE;
 use crate::wsclient::{Connect, WsClient};
 
 /// Generous: tests run in parallel on two cores.
@@ -28,15 +29,6 @@ const T: Duration = Duration::from_secs(20);
 
 /// The domain every `test:///default` connection starts with.
 const TEST_DOMAIN: &str = "6695eb01-f6a4-8304-79aa-97f2502e193f";
-
-const LIFECYCLE: [&str; 6] = [
-    "BOOTUP_START",
-    "BOOTUP_SUCCESS",
-    "BOOTUP_FAIL",
-    "SHUTDOWN_START",
-    "SHUTDOWN_SUCCESS",
-    "SHUTDOWN_FAIL",
-];
 
 /// A daemon with the libvirt plugin and these settings (TOML lines of
 /// `[plugins.settings.libvirt]`), without the built-in simulator unless `simulator`.
@@ -371,15 +363,6 @@ async fn open_console(d: &Daemon, name: &str, token: &str) -> Sock {
     assert_eq!(first["type"], "connection", "{first}");
     assert_eq!(first["data"]["status"], "connected", "{first}");
     s
-}
-
-async fn type_in(s: &mut Sock, text: &str) {
-    s.send_json(&json!({
-        "type": "console_input",
-        "timestamp": "2024-05-23T12:34:56Z",
-        "data": {"content": text},
-    }))
-    .await;
 }
 
 async fn console_until(s: &mut Sock, buf: &mut String, what: &str, done: impl Fn(&str) -> bool) {

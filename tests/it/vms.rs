@@ -841,7 +841,8 @@ async fn console_until(s: &mut Sock, buf: &mut String, what: &str, done: impl Fn
     }
 }
 
-async fn type_in(s: &mut Sock, text: &str) {
+/// Types `text` into a console socket (`console_input`).
+pub async fn type_in(s: &mut Sock, text: &str) {
     s.send_json(&json!({
         "type": "console_input",
         "timestamp": "2024-05-23T12:34:56Z",

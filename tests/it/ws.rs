@@ -41,7 +41,8 @@ const PERIODIC: [&str; 3] = [
     "DATA_DYNAMIC_DISKS",
     "DATA_DYNAMIC_CONNECTIONS",
 ];
-const LIFECYCLE: [&str; 6] = [
+/// The lifecycle event types of `/ws/machines/global`.
+pub const LIFECYCLE: [&str; 6] = [
     "BOOTUP_START",
     "BOOTUP_SUCCESS",
     "BOOTUP_FAIL",
