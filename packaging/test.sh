@@ -89,6 +89,25 @@ if grep -Eq 'libvirt|docker' "$work/rpm.requires"; then
 fi
 rpm -qp --scripts "$rpm" | grep -q useradd || fail "the .rpm does not create the orchard user"
 
+# ----- the libvirt plugin's own packages -----
+pdeb=$(ls target/packages/orchard-plugin-libvirt_*.deb)
+prpm=$(ls target/packages/orchard-plugin-libvirt-[0-9]*.rpm)
+step "lintian $pdeb"
+lintian --fail-on error --info "$pdeb"
+dpkg-deb --contents "$pdeb" | grep -q -- "usr/lib/orchard/plugins/liborchard_plugin_libvirt.so\$" ||
+    fail "the plugin .deb does not hold the plugin"
+depends=$(dpkg-deb --field "$pdeb" Depends)
+echo "Depends: $depends"
+for d in libvirt0 orchard; do
+    grep -q -- "$d" <<<"$depends" || fail "the plugin .deb does not depend on $d"
+done
+rpm -qlp "$prpm" | grep -qx /usr/lib/orchard/plugins/liborchard_plugin_libvirt.so ||
+    fail "the plugin .rpm does not hold the plugin"
+rpm -qp --requires "$prpm" | grep -q libvirt || fail "the plugin .rpm does not require libvirt"
+if dpkg-deb --contents "$deb" | grep -q libvirt; then
+    fail "the orchard .deb must not carry the libvirt plugin"
+fi
+
 # ----- install -----
 step "dpkg -i $deb"
 installed=yes
