@@ -20,9 +20,11 @@ compile_error!("Orchard plugins must be built with panic = \"unwind\" (the defau
 pub mod abi;
 #[doc(hidden)]
 pub mod export;
+pub mod rules;
 pub mod types;
 
 pub use abi::ABI_VERSION;
+pub use rules::{MAX_TITLE_CHARS, check_title, check_transition, status_text};
 pub use types::*;
 
 /// Why a call failed; maps to the ABI's status codes.
