@@ -101,39 +101,43 @@ fn profile_dir() -> PathBuf {
         .to_owned()
 }
 
+/// Builds `packages` with a nested `cargo build` into this build's target directory and
+/// profile; returns the profile directory. `what` and `hint` name them in a failure.
+fn cargo_build(packages: &[&str], what: &str, hint: &str) -> PathBuf {
+    let profile = profile_dir();
+    let target_dir = profile
+        .parent()
+        .expect("the profile directory has a parent")
+        .to_owned();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(manifest_dir()).args(["build", "--quiet"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    cmd.arg("--target-dir").arg(&target_dir);
+    if profile.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo build for {what}: {e}"));
+    assert!(
+        output.status.success(),
+        "cargo build of {what} failed{hint}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    profile
+}
+
 /// Builds the Rust plugin crates once; returns the profile directory holding them.
 fn rust_plugins() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let profile = profile_dir();
-        let target_dir = profile
-            .parent()
-            .expect("the profile directory has a parent")
-            .to_owned();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(manifest_dir())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "orchard-fixture-panic",
-                "-p",
-                "orchard-plugin-simulator",
-            ])
-            .arg("--target-dir")
-            .arg(&target_dir);
-        if profile.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let output = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run cargo build for the plugin crates: {e}"));
-        assert!(
-            output.status.success(),
-            "cargo build of the plugin crates failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        profile
+        cargo_build(
+            &["orchard-fixture-panic", "orchard-plugin-simulator"],
+            "the plugin crates",
+            "",
+        )
     })
 }
 
@@ -162,26 +166,10 @@ pub fn libvirt_plugin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let profile = profile_dir();
-            let target_dir = profile
-                .parent()
-                .expect("the profile directory has a parent")
-                .to_owned();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(manifest_dir())
-                .args(["build", "--quiet", "-p", "orchard-plugin-libvirt"])
-                .arg("--target-dir")
-                .arg(&target_dir);
-            if profile.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let output = cmd
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run cargo build for the libvirt plugin: {e}"));
-            assert!(
-                output.status.success(),
-                "cargo build of the libvirt plugin failed (it needs pkg-config and libvirt-dev):\n{}",
-                String::from_utf8_lossy(&output.stderr)
+            let profile = cargo_build(
+                &["orchard-plugin-libvirt"],
+                "the libvirt plugin",
+                " (it needs pkg-config and libvirt-dev)",
             );
             let so = profile.join("liborchard_plugin_libvirt.so");
             assert!(so.is_file(), "{} was not produced", so.display());
