@@ -21,6 +21,7 @@ mod error;
 pub mod fuzz;
 mod hosts;
 mod machines;
+mod metrics;
 mod model;
 mod notify;
 mod secrets;
@@ -113,11 +114,28 @@ fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false);
+    // `json`: one object per line, the event's fields at the top level. `text`: one plain
+    // line per event, without a timestamp when stderr is the journal (it stamps each line).
     let _ = if config.log.format == "json" {
-        builder.json().try_init()
+        builder.json().flatten_event(true).try_init()
+    } else if stderr_is_journal() {
+        builder.without_time().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Whether stderr is the systemd journal's stream (`$JOURNAL_STREAM` names its device and
+/// inode).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
 }
 
 fn init_agent_logging() {
@@ -144,6 +162,7 @@ fn serve(
         ));
     }
     let db = open_db(&config)?;
+    let metrics = metrics::Metrics::new(db.commit_latency());
     let tls = tls::load(&config, addr.ip()).map_err(|e| e.to_string())?;
     if let Some(tls) = &tls {
         if tls.generated {
@@ -180,7 +199,7 @@ fn serve(
         let listener = server::bind(addr).await.map_err(|e| e.to_string())?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let grace = Duration::from_secs(config.http.shutdown_grace);
-        let machines = start_machines(&config, &db).await?;
+        let machines = start_machines(&config, &db, &metrics).await?;
         let clusters = clusters::Clusters::load(db.clone(), machines.clone())
             .await
             .map_err(|e| format!("cannot load clusters: {e}"))?;
@@ -212,14 +231,25 @@ fn serve(
             hosts,
             alerts,
             agents,
+            metrics,
             local_addr: local,
         });
         state.channels_hub.start(&state);
         state.machines_hub.start(&state);
         state.vms_hub.start(&state);
         state.clusters_hub.start(&state.clusters);
+        let plugins: Vec<String> = state
+            .machines
+            .backends
+            .infos()
+            .iter()
+            .map(|b| format!("{}={}", b.name, b.status))
+            .collect();
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
+            listener = %format!("{scheme}://{local}"),
+            data_dir = %state.config.storage.data_dir.display(),
+            plugins = %plugins.join(","),
             "listening on {scheme}://{local}"
         );
         // The listener is bound and the plugins are loaded: the service is up.
@@ -239,6 +269,7 @@ fn serve(
 async fn start_machines(
     config: &Config,
     db: &db::Db,
+    metrics: &std::sync::Arc<metrics::Metrics>,
 ) -> Result<std::sync::Arc<machines::Machines>, String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let backends = backends::load_all(config, tx).await;
@@ -249,6 +280,6 @@ async fn start_machines(
     let names = users.into_iter().map(|u| (u.uuid, u.username)).collect();
     let machines = std::sync::Arc::new(machines::Machines::new(backends, db.clone(), names));
     machines.initial_sync().await;
-    machines::spawn_poller(machines.clone(), rx, config);
+    machines::spawn_poller(machines.clone(), rx, config, metrics);
     Ok(machines)
 }

@@ -33,6 +33,7 @@ pub struct Inner {
     /// User activity (logins, account changes, consoles), announced after it is audited.
     pub activity: tokio::sync::broadcast::Sender<crate::db::AuditEntry>,
     pub ws: Arc<crate::ws::Sockets>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The address the listener is bound to (the server's own origin derives from it).
     pub local_addr: SocketAddr,
 }
@@ -48,6 +49,7 @@ pub struct Parts {
     pub hosts: Arc<crate::hosts::Hosts>,
     pub alerts: Arc<crate::alerts::Alerts>,
     pub agents: Arc<crate::agents::Agents>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub local_addr: SocketAddr,
 }
 
@@ -81,6 +83,7 @@ impl AppState {
             activity: tokio::sync::broadcast::channel(1024).0,
             machines: p.machines,
             ws: Arc::new(crate::ws::Sockets::new(max_unauthenticated)),
+            metrics: p.metrics,
             local_addr: p.local_addr,
         }))
     }

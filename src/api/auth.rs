@@ -21,7 +21,24 @@ fn clip(name: &str) -> String {
     name.chars().take(64).collect()
 }
 
+/// A login attempt, counted by its result (a malformed request is not an attempt).
 pub async fn login(req: Request) -> Result<Response> {
+    use crate::metrics::Login;
+    let state = req.state.clone();
+    let answer = attempt_login(req).await;
+    let result = match &answer {
+        Ok(_) => Some(Login::Success),
+        Err(Error::BadCredentials) => Some(Login::Failure),
+        Err(Error::TooManyRequests { .. }) => Some(Login::RateLimited),
+        Err(_) => None,
+    };
+    if let Some(r) = result {
+        state.metrics.login(r);
+    }
+    answer
+}
+
+async fn attempt_login(req: Request) -> Result<Response> {
     let body: LoginBody = req.json()?;
     let state = &req.state;
     let ip = req.client_ip();

@@ -41,6 +41,7 @@ pub fn routes() -> Vec<Route> {
     use Access::{AnyOf, Public, Token};
     vec![
         route!(GET "/healthz", Public => healthz),
+        route!(GET "/metrics", Public => metrics),
         route!(POST "/api/auth/login", Public => auth::login),
         route!(POST "/api/auth/refresh", Token => auth::refresh),
         route!(POST "/api/auth/logout", Token => auth::logout),
@@ -90,6 +91,44 @@ async fn healthz(req: Request) -> Result<Response> {
             "backends": {"loaded": b.loaded.len() + b.failed.len() - failed, "failed": failed},
         }),
     ))
+}
+
+/// The metrics in the OpenMetrics text format (README "Metrics"); the gauges that mirror
+/// other state are read now.
+async fn metrics(req: Request) -> Result<Response> {
+    let s = &req.state;
+    let backends: Vec<(String, bool)> = s
+        .machines
+        .backends
+        .infos()
+        .into_iter()
+        .map(|b| (b.name, b.status == "loaded"))
+        .collect();
+    let agent_hosts_online = s
+        .hosts
+        .list()
+        .iter()
+        .filter(|h| !h.local && h.status == "online")
+        .count();
+    let body = s
+        .metrics
+        .encode(crate::metrics::Snapshot {
+            backends: &backends,
+            agent_hosts_online,
+            alerts_active: s.alerts.active().len(),
+        })
+        .map_err(crate::error::Error::internal)?;
+    let mut r = Response::new(body.into());
+    let h = r.headers_mut();
+    h.insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    h.insert(
+        warp::http::header::CACHE_CONTROL,
+        warp::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
 }
 
 /// The newest audit entries, newest first.

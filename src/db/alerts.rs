@@ -40,7 +40,7 @@ impl Db {
                 table.retain_in(..cut, |_, _| false)?;
             }
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 

@@ -71,7 +71,7 @@ impl Db {
     pub fn append_audit(&self, entry: &AuditEntry) -> DbResult<()> {
         let tx = self.begin_write()?;
         self.append_audit_in(&tx, entry)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 

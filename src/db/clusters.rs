@@ -40,7 +40,7 @@ impl Db {
             table.insert(c.name.as_str(), encode(c)?.as_slice())?;
         }
         self.append_audit_in(&tx, &audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -57,7 +57,7 @@ impl Db {
         if let Some(a) = audit {
             self.append_audit_in(&tx, &a)?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -70,7 +70,7 @@ impl Db {
             }
         }
         self.append_audit_in(&tx, &audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 }

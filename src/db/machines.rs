@@ -59,7 +59,7 @@ impl Db {
         if let Some(entry) = audit {
             self.append_audit_in(&tx, &entry)?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -84,7 +84,7 @@ impl Db {
         if let Some(entry) = audit {
             self.append_audit_in(&tx, &entry)?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(changed)
     }
 
@@ -98,7 +98,7 @@ impl Db {
                 .retain_in((m, 0)..=(m, u128::MAX), |_, _| false)?;
             tx.open_table(SUBSCRIPTIONS)?.retain(|(_, mm), _| mm != m)?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -127,7 +127,7 @@ impl Db {
                 table.remove(key)?.is_some()
             }
         };
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(changed)
     }
 }

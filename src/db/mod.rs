@@ -83,6 +83,8 @@ pub type DbResult<T> = Result<T, DbError>;
 pub struct Db {
     inner: Arc<Database>,
     audit_keep: u64,
+    /// How long each write transaction's commit took (registered by `metrics`).
+    commits: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Db {
@@ -118,6 +120,7 @@ impl Db {
         let db = Self {
             inner: Arc::new(db),
             audit_keep,
+            commits: crate::metrics::commit_histogram(),
         };
         db.migrate().map_err(|e| match e {
             MigrateError::TooNew(found) => OpenError::TooNew {
@@ -185,6 +188,19 @@ impl Db {
 
     fn begin_write(&self) -> DbResult<redb::WriteTransaction> {
         Ok(self.inner.begin_write()?)
+    }
+
+    /// Commits a write transaction (durably) and records how long that took.
+    fn commit(&self, tx: redb::WriteTransaction) -> DbResult<()> {
+        let started = std::time::Instant::now();
+        tx.commit()?;
+        self.commits.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The commit-latency histogram, for the metrics registry.
+    pub fn commit_latency(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commits.clone()
     }
 }
 

@@ -45,7 +45,7 @@ impl Db {
             table.insert(s.server_id.as_str(), encode(s)?.as_slice())?;
         }
         self.append_audit_in(&tx, &audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -60,7 +60,7 @@ impl Db {
             decode::<ServerRecord>(v.value(), "server")?
         };
         self.append_audit_in(&tx, &audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(old)
     }
 }

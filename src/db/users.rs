@@ -118,7 +118,7 @@ impl Db {
         if let Some(entry) = audit {
             self.append_audit_in(&tx, &entry)?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(to_user(uuid, rec, new.permissions.bits()))
     }
 
@@ -166,7 +166,7 @@ impl Db {
         if let Some(entry) = audit {
             self.append_audit_in(&tx, &entry)?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(to_user(uuid, rec, bits))
     }
 
@@ -202,7 +202,7 @@ impl Db {
         if let Some(entry) = audit {
             self.append_audit_in(&tx, &entry)?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(to_user(uuid, rec, bits))
     }
 }

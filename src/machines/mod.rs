@@ -484,8 +484,8 @@ impl Machines {
         }
     }
 
-    /// One bulk state call for a backend.
-    pub async fn poll_state(&self, backend: &Backend) {
+    /// One bulk state call for a backend; `false` when it failed.
+    pub async fn poll_state(&self, backend: &Backend) -> bool {
         let epochs = self.epochs(|m| &*m.backend == backend.name());
         match backend.bulk_state(&[]).await {
             Ok(states) => {
@@ -496,8 +496,12 @@ impl Machines {
                 if unknown {
                     self.reconcile(backend).await;
                 }
+                true
             }
-            Err(e) => tracing::warn!(backend = backend.name(), error = %e, "bulk state failed"),
+            Err(e) => {
+                tracing::warn!(backend = backend.name(), error = %e, "bulk state failed");
+                false
+            }
         }
     }
 
@@ -523,7 +527,8 @@ impl Machines {
             .collect()
     }
 
-    pub async fn poll_disks(&self, backend: &Backend) {
+    /// One bulk disks call; `false` when it failed (unsupported is not a failure).
+    pub async fn poll_disks(&self, backend: &Backend) -> bool {
         match backend.disks(&[]).await {
             Ok(list) => {
                 let mut all = self.write();
@@ -532,13 +537,18 @@ impl Machines {
                         m.disks = Some(d.disks);
                     }
                 }
+                true
             }
-            Err(BackendError::Unsupported(_)) => {}
-            Err(e) => tracing::warn!(backend = backend.name(), error = %e, "disks poll failed"),
+            Err(BackendError::Unsupported(_)) => true,
+            Err(e) => {
+                tracing::warn!(backend = backend.name(), error = %e, "disks poll failed");
+                false
+            }
         }
     }
 
-    pub async fn poll_connections(&self, backend: &Backend) {
+    /// One bulk connections call; `false` when it failed (unsupported is not a failure).
+    pub async fn poll_connections(&self, backend: &Backend) -> bool {
         match backend.connections(&[]).await {
             Ok(list) => {
                 let mut all = self.write();
@@ -547,10 +557,12 @@ impl Machines {
                         m.connections = c.active_connections;
                     }
                 }
+                true
             }
-            Err(BackendError::Unsupported(_)) => {}
+            Err(BackendError::Unsupported(_)) => true,
             Err(e) => {
-                tracing::warn!(backend = backend.name(), error = %e, "connections poll failed")
+                tracing::warn!(backend = backend.name(), error = %e, "connections poll failed");
+                false
             }
         }
     }

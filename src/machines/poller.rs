@@ -9,11 +9,18 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::MissedTickBehavior;
 
 use super::Machines;
+use crate::backends::Backend;
 use crate::backends::plugin::PluginMsg;
 use crate::config::Config;
+use crate::metrics::{Metrics, Poll};
 
 /// Starts the pump and the pollers; they run until the runtime stops.
-pub fn spawn(machines: Arc<Machines>, mut rx: UnboundedReceiver<PluginMsg>, config: &Config) {
+pub fn spawn(
+    machines: Arc<Machines>,
+    mut rx: UnboundedReceiver<PluginMsg>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) {
     let m = machines.clone();
     tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -41,7 +48,7 @@ pub fn spawn(machines: Arc<Machines>, mut rx: UnboundedReceiver<PluginMsg>, conf
     let connections = secs(config.machines.connections_interval);
     let disks = secs(config.machines.disks_interval);
     for backend in machines.backends.loaded.clone() {
-        let (m, b) = (machines.clone(), backend.clone());
+        let (m, b, t) = (machines.clone(), backend.clone(), metrics.clone());
         tokio::spawn(async move {
             let mut tick = every(dynamic);
             loop {
@@ -49,10 +56,10 @@ pub fn spawn(machines: Arc<Machines>, mut rx: UnboundedReceiver<PluginMsg>, conf
                 if b.is_failed() {
                     break;
                 }
-                m.poll_state(&b).await;
+                timed(&t, &b, Poll::State, m.poll_state(&b)).await;
             }
         });
-        let (m, b) = (machines.clone(), backend.clone());
+        let (m, b, t) = (machines.clone(), backend.clone(), metrics.clone());
         tokio::spawn(async move {
             let mut tick = every(connections);
             loop {
@@ -61,10 +68,10 @@ pub fn spawn(machines: Arc<Machines>, mut rx: UnboundedReceiver<PluginMsg>, conf
                     break;
                 }
                 m.reconcile(&b).await;
-                m.poll_connections(&b).await;
+                timed(&t, &b, Poll::Connections, m.poll_connections(&b)).await;
             }
         });
-        let (m, b) = (machines.clone(), backend);
+        let (m, b, t) = (machines.clone(), backend, metrics.clone());
         tokio::spawn(async move {
             let mut tick = every(disks);
             loop {
@@ -72,10 +79,17 @@ pub fn spawn(machines: Arc<Machines>, mut rx: UnboundedReceiver<PluginMsg>, conf
                 if b.is_failed() {
                     break;
                 }
-                m.poll_disks(&b).await;
+                timed(&t, &b, Poll::Disks, m.poll_disks(&b)).await;
             }
         });
     }
+}
+
+/// Runs one bulk poll and records its duration and outcome.
+async fn timed(metrics: &Metrics, b: &Backend, poll: Poll, run: impl Future<Output = bool>) {
+    let started = tokio::time::Instant::now();
+    let ok = run.await;
+    metrics.poll(b.name(), poll, started.elapsed(), ok);
 }
 
 /// An interval whose first tick is one period from now (the initial sync just ran).

@@ -147,7 +147,11 @@ pub async fn serve_agent(
     })
     .await;
     agents.detach(&server.server_id, conn_id);
-    tracing::info!(server_id = server.server_id, "agent disconnected");
+    tracing::info!(
+        server_id = server.server_id,
+        name = server.name,
+        "agent disconnected"
+    );
 }
 
 /// Refuses an agent whose API key is unknown or no longer active.

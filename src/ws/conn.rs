@@ -32,6 +32,18 @@ pub mod code {
     pub const FORBIDDEN: u16 = 4403;
 }
 
+/// What the connection core reports about a socket's stream to the metrics.
+pub trait Meter {
+    /// The API of the socket, for logs.
+    fn api(&self) -> &'static str;
+    /// `messages` text messages were written to the peer.
+    fn sent(&self, messages: usize);
+    /// A close frame with `code` is queued for the peer.
+    fn closing(&self, code: u16);
+    /// The peer did not keep up and is being dropped (4008).
+    fn slow_consumer(&self);
+}
+
 #[derive(Clone, Debug)]
 pub struct CloseWith {
     pub code: u16,
@@ -127,12 +139,10 @@ impl Control {
         let over = len >= self.capacity;
         if over && (self.blocked.load(Ordering::Relaxed) || len >= self.capacity * BACKLOG_FACTOR) {
             drop(q);
-            if self.close(CloseWith::new(
+            self.close(CloseWith::new(
                 code::TOO_SLOW,
                 "client too slow: send queue full",
-            )) {
-                tracing::info!("websocket client too slow (send queue full); closing 4008");
-            }
+            ));
             return false;
         }
         q.items.push_back(msg);
@@ -229,7 +239,7 @@ pub async fn run<S>(
     mut shutdown: watch::Receiver<bool>,
     mut on_text: impl FnMut(&str) -> Reply + Send,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + Meter,
 {
     let mut ping =
         tokio::time::interval_at(Instant::now() + opts.ping_interval, opts.ping_interval);
@@ -261,8 +271,9 @@ pub async fn run<S>(
                 if close.as_ref().is_none_or(|c| c.code != code::TOO_SLOW) {
                     let batch = ctl.take_batch();
                     if !batch.is_empty() {
+                        let n = batch.len();
                         match Box::pin(write(&mut ws, &ctl, batch, opts.write_deadline)).await {
-                            Wrote::Done => {}
+                            Wrote::Done => ws.get_ref().sent(n),
                             Wrote::Failed => break None,
                             Wrote::TooSlow => break ctl.take_close(),
                         }
@@ -318,10 +329,17 @@ pub async fn run<S>(
             // progress, then the close. It arrives if the client reads again within the
             // write deadline; one that has stopped reading altogether is dropped then.
             ws.discard_unsent();
+            ws.get_ref().slow_consumer();
+            tracing::info!(
+                api = ws.get_ref().api(),
+                queue = ctl.capacity,
+                "websocket client too slow (send queue full); closing 4008"
+            );
         }
         if let Some(m) = opts.farewell.and_then(|f| f(&c)) {
             ws.queue_text(m);
         }
+        ws.get_ref().closing(c.code);
         ws.queue_close(c.code, &c.reason);
         if matches!(
             tokio::time::timeout(opts.write_deadline, Box::pin(ws.flush())).await,
@@ -396,12 +414,13 @@ where
 /// Sends one close frame on a socket that never entered [`run`] (refused after upgrade).
 pub async fn refuse<S>(mut ws: WebSocket<S>, first: Option<Text>, with: CloseWith)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Meter,
 {
     let deadline = Duration::from_secs(5);
     if let Some(m) = first {
         ws.queue_text(m);
     }
+    ws.get_ref().closing(with.code);
     ws.queue_close(with.code, &with.reason);
     if matches!(tokio::time::timeout(deadline, ws.flush()).await, Ok(Ok(()))) {
         // Give the peer a moment to answer the close so the frame is not lost to a reset.
@@ -412,6 +431,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Meter for tokio::io::DuplexStream {
+        fn api(&self) -> &'static str {
+            "test"
+        }
+        fn sent(&self, _: usize) {}
+        fn closing(&self, _: u16) {}
+        fn slow_consumer(&self) {}
+    }
 
     fn texts(batch: VecDeque<Text>) -> Vec<String> {
         batch

@@ -116,6 +116,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.max_message = max_message;
     }
 
+    /// The stream underneath (the connection core reads its meter).
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
     /// Queues a text message whose bytes are valid UTF-8 (shared, not copied).
     pub fn queue_text(&mut self, payload: Bytes) {
         if !self.closing {

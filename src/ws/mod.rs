@@ -9,6 +9,7 @@ pub mod conn;
 mod echo;
 pub mod frame;
 pub mod machines;
+mod metered;
 pub mod vms;
 
 use std::collections::HashMap;
@@ -30,7 +31,7 @@ use crate::model::{Permission, User};
 use crate::state::AppState;
 use conn::{CloseWith, Control, code};
 
-pub type Socket = frame::WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = frame::WebSocket<metered::Metered<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Whether this request is a WebSocket upgrade for one of our WebSocket paths.
 pub fn claims<B>(req: &Request<B>) -> bool {
@@ -169,7 +170,8 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
             _ => state.config.ws.max_message,
         };
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        let ws = frame::WebSocket::new(TokioIo::new(upgraded), max);
+        let io = metered::Metered::new(TokioIo::new(upgraded), state.metrics.ws(endpoint.api()));
+        let ws = frame::WebSocket::new(io, max);
         match endpoint {
             Endpoint::Machines(kind) => {
                 machines::serve(state, ws, kind, token, query, unauth).await;
@@ -219,6 +221,20 @@ enum Endpoint {
 }
 
 impl Endpoint {
+    /// The `api` label of the endpoint's metrics.
+    fn api(&self) -> crate::metrics::Api {
+        use crate::metrics::Api;
+        match self {
+            Self::Machines(_) => Api::Machines,
+            Self::Vms(_, vms::Kind::Console) => Api::Console,
+            Self::Vms(..) => Api::Vms,
+            Self::Clusters { .. } => Api::Clusters,
+            Self::Channels => Api::Channels,
+            Self::Echo => Api::Echo,
+            Self::Agent | Self::ServerStream(..) => Api::Agents,
+        }
+    }
+
     fn of(path: &str, has_token: bool) -> Option<Self> {
         match path {
             "/ws" if has_token => Some(Self::Channels),
