@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, run_to_exit};
+use crate::harness::{Daemon, python_venv, run_to_exit};
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,32 +26,11 @@ fn kosoku() -> &'static Path {
         if let Some(p) = std::env::var_os("ORCHARD_KOSOKU") {
             return PathBuf::from(p);
         }
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance-venv");
-        let bin = venv.join("bin/kosoku");
-        if bin.exists() {
-            return bin;
-        }
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .output()
-            .unwrap_or_else(|e| panic!("python3 is needed for the conformance cases: {e}"));
-        assert!(
-            made.status.success(),
-            "python3 -m venv failed: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(manifest_dir().join("tests/conformance/requirements.txt"))
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run pip: {e}"));
-        assert!(
-            pip.status.success(),
-            "pip install of the pinned kosoku failed (PyPI must be reachable): {}",
-            String::from_utf8_lossy(&pip.stderr)
-        );
-        bin
+        python_venv(
+            "conformance-venv",
+            &manifest_dir().join("tests/conformance/requirements.txt"),
+        )
+        .join("bin/kosoku")
     })
 }
 

@@ -131,7 +131,11 @@ fn parse_port(line: &str) -> Option<(u16, bool)> {
     } else {
         (false, rest.strip_prefix("http://")?)
     };
-    let authority: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    // Up to the end of the word, or of the JSON string with `log.format = "json"`.
+    let authority: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
     let (_, port) = authority.rsplit_once(':')?;
     let digits: String = port.chars().take_while(char::is_ascii_digit).collect();
     Some((digits.parse().ok()?, tls))
@@ -720,6 +724,41 @@ fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A Python virtualenv `name` under cargo's scratch space with `requirements` (a pip
+/// requirements file of pinned versions) installed; made on first use, when PyPI must be
+/// reachable. Returns its directory.
+pub fn python_venv(name: &str, requirements: &Path) -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let marker = venv.join("installed-requirements.txt");
+    let wanted = fs::read_to_string(requirements)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", requirements.display()));
+    if fs::read_to_string(&marker).is_ok_and(|had| had == wanted) {
+        return venv;
+    }
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {what} (for {name}): {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed (PyPI must be reachable): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    );
+    run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(requirements),
+        "pip install",
+    );
+    fs::write(&marker, wanted).expect("record the installed requirements");
+    venv
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or fails the test after `timeout`.

@@ -15,6 +15,7 @@ mod harness;
 mod libvirt;
 mod lifecycle;
 mod machines;
+mod metrics;
 mod plugins;
 mod tls;
 mod ui;

@@ -1454,15 +1454,29 @@ async fn a_slow_client_that_reads_again_within_the_write_deadline_gets_4008() {
     // after the daemon gave up on it, must find a 4008 close, not a cut connection.
     let d = daemon(&[("ORCHARD_WS_SEND_QUEUE", "8")]);
     let admin = d.admin_token().await;
-    let m = uuid_of(&create(&d, &admin, "ws-slow-4008", &[]).await);
-    let mut slow = Connect::new(&d, GLOBAL)
-        .access_token(&admin)
+    let (mut slow, m) = stalled_client(&d, &admin, "ws-slow-4008").await;
+    let sent = flood_until_4008(&d, &admin, &m).await;
+    slow.expect_close(CLOSE_TOO_SLOW, T).await;
+    let got = slow.types.iter().filter(|t| *t == "DATA_STATIC").count();
+    assert!(got < sent, "the slow client got all {sent} events");
+}
+
+/// A new machine `title` and a `/ws/machines/global` client (small receive buffer) that has
+/// read its initial messages and will read nothing more until asked.
+pub(crate) async fn stalled_client(d: &Daemon, admin: &str, title: &str) -> (WsClient, String) {
+    let m = uuid_of(&create(d, admin, title, &[]).await);
+    let mut slow = Connect::new(d, GLOBAL)
+        .access_token(admin)
         .recv_buffer(4096)
         .open()
         .await;
     slow.initial(T).await;
+    (slow, m)
+}
 
-    // 4 KiB events, 25 at a time, until the daemon reports closing the slow client.
+/// 4 KiB edits of `machine`, 25 at a time, until the daemon reports closing a slow client
+/// (4008; with `ws.send_queue` 8, a [`stalled_client`] is one); returns how many were sent.
+pub(crate) async fn flood_until_4008(d: &Daemon, admin: &str, machine: &str) -> usize {
     let started = Instant::now();
     let mut sent = 0usize;
     while !d.logs().contains("closing 4008") {
@@ -1473,10 +1487,8 @@ async fn a_slow_client_that_reads_again_within_the_write_deadline_gets_4008() {
         for _ in 0..25 {
             sent += 1;
             let description = format!("{sent:06}{}", "x".repeat(4090));
-            patch_machine(&d, &admin, &m, &json!({ "description": description })).await;
+            patch_machine(d, admin, machine, &json!({ "description": description })).await;
         }
     }
-    slow.expect_close(CLOSE_TOO_SLOW, T).await;
-    let got = slow.types.iter().filter(|t| *t == "DATA_STATIC").count();
-    assert!(got < sent, "the slow client got all {sent} events");
+    sent
 }
