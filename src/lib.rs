@@ -125,17 +125,19 @@ fn init_logging(config: &Config) {
     };
 }
 
-/// Whether stderr is the systemd journal's stream (`$JOURNAL_STREAM` names its device and
-/// inode).
+/// Whether stderr is the systemd journal's stream.
 fn stderr_is_journal() -> bool {
-    use std::os::unix::fs::MetadataExt;
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-        return false;
-    };
-    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|meta| is_journal_stream(&stream, &meta))
+}
+
+/// Whether `meta` is the file `$JOURNAL_STREAM` names (`DEVICE:INODE`, as systemd sets it for
+/// a service whose output goes to the journal).
+fn is_journal_stream(journal_stream: &std::ffi::OsStr, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    journal_stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
 }
 
 fn init_agent_logging() {
@@ -282,4 +284,21 @@ async fn start_machines(
     machines.initial_sync().await;
     machines::spawn_poller(machines.clone(), rx, config, metrics);
     Ok(machines)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_journal_stream_is_recognised_by_device_and_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir();
+        let here = std::fs::metadata(&dir).unwrap();
+        let named = format!("{}:{}", here.dev(), here.ino());
+        assert!(super::is_journal_stream(OsStr::new(&named), &here));
+        let other = format!("{}:{}", here.dev(), here.ino() + 1);
+        assert!(!super::is_journal_stream(OsStr::new(&other), &here));
+        assert!(!super::is_journal_stream(OsStr::new(""), &here));
+    }
 }
