@@ -25,12 +25,17 @@ pub const ASYNCAPI: &str = include_str!("../../assets/api/asyncapi.yaml");
 const OPENAPI_URI: &str = "https://orchard.invalid/api/openapi.yaml";
 const ASYNCAPI_URI: &str = "https://orchard.invalid/api/asyncapi.yaml";
 
+/// The messages the daemon may send on one path: `(message pointer, the types it allows)`.
+type Candidates = Arc<Vec<(String, Vec<String>)>>;
+
 struct Docs {
     openapi: &'static Value,
     asyncapi: &'static Value,
     registry: &'static Registry<'static>,
     /// Compiled validators by schema URI (`document#pointer`).
     validators: Mutex<HashMap<String, Arc<Validator>>>,
+    /// What the daemon may send on each WebSocket path.
+    sent: Mutex<HashMap<String, Candidates>>,
 }
 
 fn parse(name: &str, text: &str) -> Value {
@@ -54,6 +59,7 @@ fn docs() -> &'static Docs {
             asyncapi,
             registry: Box::leak(Box::new(registry)),
             validators: Mutex::new(HashMap::new()),
+            sent: Mutex::new(HashMap::new()),
         }
     })
 }
@@ -97,9 +103,24 @@ fn follow(doc: &Value, mut pointer: String) -> Result<String, String> {
 }
 
 impl Docs {
-    /// Validates `value` against the schema at `uri` (`document#pointer`).
+    /// Validates `value` against the schema at `uri` (`document#pointer`). The complaints
+    /// are about a copy with its secrets masked.
     fn validate(&self, uri: &str, value: &Value) -> Result<(), String> {
-        let validator = {
+        let validator = self.validator(uri)?;
+        if validator.is_valid(value) {
+            return Ok(());
+        }
+        let masked = redacted(value);
+        let errors: Vec<String> = validator
+            .iter_errors(&masked)
+            .map(|e| format!("{} at {}: {e}", e.schema_path(), e.instance_path()))
+            .collect();
+        Err(errors.join("; "))
+    }
+
+    /// The compiled schema at `uri`, compiled on first use.
+    fn validator(&self, uri: &str) -> Result<Arc<Validator>, String> {
+        Ok({
             let mut cache = self.validators.lock().unwrap_or_else(|p| p.into_inner());
             match cache.get(uri) {
                 Some(v) => v.clone(),
@@ -114,16 +135,7 @@ impl Docs {
                     v
                 }
             }
-        };
-        let errors: Vec<String> = validator
-            .iter_errors(value)
-            .map(|e| format!("{} at {}: {e}", e.schema_path(), e.instance_path()))
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        })
     }
 }
 
@@ -183,7 +195,7 @@ pub fn response_conforms(method: &str, path: &str, resp: &Resp) -> Result<(), St
         .openapi
         .pointer(&format!("{op_pointer}/responses/{status}"))
     else {
-        let body = json_body(resp).map_or_else(|_| clip(&resp.text), |v| v.to_string());
+        let body = json_body(resp).map_or_else(|_| clip(&resp.text), |v| redacted(&v).to_string());
         return Err(format!(
             "{method} {path} ({method} {template}): status {status} is not documented; body: {body}"
         ));
@@ -220,17 +232,22 @@ pub fn response_conforms(method: &str, path: &str, resp: &Resp) -> Result<(), St
         OPENAPI_URI,
         &format!("{response}/content/application~1json/schema"),
     );
-    d.validate(&schema, &body)
-        .map_err(|e| format!("{method} {path} ({template}) {status}: {e}; body: {body}"))
+    d.validate(&schema, &body).map_err(|e| {
+        let body = redacted(&body);
+        format!("{method} {path} ({template}) {status}: {e}; body: {body}")
+    })
 }
 
-/// The body as JSON with secrets masked (see [`redact`]); the masked copy is what gets
-/// validated, so that no complaint can quote a secret.
 fn json_body(resp: &Resp) -> Result<Value, String> {
-    let mut v: Value = serde_json::from_str(&resp.text)
-        .map_err(|e| format!("body is not JSON ({e}): {:?}", clip(&resp.text)))?;
+    serde_json::from_str(&resp.text)
+        .map_err(|e| format!("body is not JSON ({e}): {:?}", clip(&resp.text)))
+}
+
+/// `v` with its secrets masked (see [`redact`]).
+fn redacted(v: &Value) -> Value {
+    let mut v = v.clone();
     redact(&mut v);
-    Ok(v)
+    v
 }
 
 /// The start of a text, for failure messages.
@@ -354,29 +371,20 @@ fn sent_messages(path: &str) -> Result<BTreeSet<String>, String> {
 /// candidates, and the message must match one of them.
 pub fn message_conforms(path: &str, msg: &Value) -> Result<(), String> {
     let d = docs();
-    let mut msg = msg.clone();
-    redact(&mut msg);
-    let msg = &msg;
     let ty = msg["type"].as_str().unwrap_or_default();
-    let sent = sent_messages(path)?;
-    if sent.is_empty() {
-        return Err(format!(
-            "{path}: no channel of asyncapi.yaml has this address"
-        ));
-    }
+    let sent = candidates(path)?;
     let mut complaints = Vec::new();
-    let mut candidates = 0;
-    for m in &sent {
-        if !message_types(d.asyncapi, m)?.iter().any(|t| t == ty) {
-            continue;
-        }
-        candidates += 1;
+    for (m, _) in sent
+        .iter()
+        .filter(|(_, types)| types.iter().any(|t| t == ty))
+    {
         match d.validate(&uri(ASYNCAPI_URI, &format!("{m}/payload")), msg) {
             Ok(()) => return Ok(()),
             Err(e) => complaints.push(format!("{m}: {e}")),
         }
     }
-    if candidates == 0 {
+    let msg = redacted(msg);
+    if complaints.is_empty() {
         return Err(format!(
             "{path}: type {ty:?} is not a documented message: {msg}"
         ));
@@ -385,6 +393,30 @@ pub fn message_conforms(path: &str, msg: &Value) -> Result<(), String> {
         "{path}: {msg} matches no message of its type: {}",
         complaints.join(" | ")
     ))
+}
+
+/// [`sent_messages`] of `path` with their types, worked out once per path.
+fn candidates(path: &str) -> Result<Candidates, String> {
+    let d = docs();
+    if let Some(c) = d.sent.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        return Ok(c.clone());
+    }
+    let sent = sent_messages(path)?;
+    if sent.is_empty() {
+        return Err(format!(
+            "{path}: no channel of asyncapi.yaml has this address"
+        ));
+    }
+    let list = sent
+        .into_iter()
+        .map(|m| message_types(d.asyncapi, &m).map(|t| (m, t)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let list = Arc::new(list);
+    d.sent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.to_owned(), list.clone());
+    Ok(list)
 }
 
 /// [`message_conforms`], failing the test on a mismatch.
