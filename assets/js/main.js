@@ -120,7 +120,11 @@ function buildShell() {
   const nav = h('nav.sidebar', { 'aria-label': 'Main' },
     h('a.brand', { href: '#/' }, h('img', { src: '/favicon.svg', alt: '', width: 28, height: 28 }), h('span', 'Orchard')),
     h('div.nav-links', navLinks),
-    h('div.sidebar-foot', h('span.version', 'host console')));
+    h('div.sidebar-foot', h('span.version', 'host console'),
+      // The machine-readable API reference (served by the daemon, kept true by its tests).
+      h('span.api-links', 'API: ',
+        h('a', { href: '/api/openapi.yaml', target: '_blank', rel: 'noopener' }, 'REST'), ' · ',
+        h('a', { href: '/api/asyncapi.yaml', target: '_blank', rel: 'noopener' }, 'WebSocket'))));
   const main = h('main.main', { id: 'main', tabindex: '-1' });
   const header = h('header.topbar',
     menuBtn,

@@ -15,6 +15,9 @@ use rust_embed::RustEmbed;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use warp::reply::Response;
 
+use super::router::Request;
+use crate::error::{Error, Result};
+
 #[derive(RustEmbed)]
 #[folder = "assets/"]
 struct Embedded;
@@ -100,6 +103,7 @@ fn content_type(path: &str, guessed: Option<&str>) -> String {
         "png" => "image/png",
         "ico" => "image/x-icon",
         "json" => "application/json",
+        "yaml" | "yml" => "application/yaml",
         "md" | "txt" => "text/plain; charset=utf-8",
         "" if path.ends_with("LICENSE") => "text/plain; charset=utf-8",
         _ => guessed.unwrap_or("application/octet-stream"),
@@ -150,6 +154,26 @@ pub async fn serve(
     Some(r)
 }
 
+/// `GET /api/openapi.yaml`: the REST reference (`assets/api/openapi.yaml`).
+pub async fn openapi(req: Request) -> Result<Response> {
+    document(&req, "/api/openapi.yaml").await
+}
+
+/// `GET /api/asyncapi.yaml`: the WebSocket reference (`assets/api/asyncapi.yaml`).
+pub async fn asyncapi(req: Request) -> Result<Response> {
+    document(&req, "/api/asyncapi.yaml").await
+}
+
+/// One of the API documents, from the same source as the UI's files (so that `ui.dir`
+/// serves the copy being edited). They live under `assets/api/`, which the UI fallback never
+/// serves (it takes no `/api/` path): these routes are their only way out.
+async fn document(req: &Request, path: &str) -> Result<Response> {
+    let source = Source::new(req.state.config.ui.dir.as_deref());
+    serve(&source, &Method::GET, path, &HeaderMap::new())
+        .await
+        .ok_or_else(|| Error::not_found(format!("{path} is not among the UI files")))
+}
+
 /// The headers every UI response carries.
 pub fn security_headers(h: &mut HeaderMap) {
     h.insert(
@@ -183,5 +207,8 @@ mod tests {
             content_type("vendor/xterm/xterm.mjs", None),
             "text/javascript; charset=utf-8"
         );
+        let api = lookup(&s, "/api/openapi.yaml").await.unwrap();
+        assert_eq!(api.content_type, "application/yaml");
+        assert!(lookup(&s, "/api/asyncapi.yaml").await.is_some());
     }
 }

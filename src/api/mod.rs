@@ -42,6 +42,8 @@ pub fn routes() -> Vec<Route> {
     vec![
         route!(GET "/healthz", Public => healthz),
         route!(GET "/metrics", Public => metrics),
+        route!(GET "/api/openapi.yaml", Public => assets::openapi),
+        route!(GET "/api/asyncapi.yaml", Public => assets::asyncapi),
         route!(POST "/api/auth/login", Public => auth::login),
         route!(POST "/api/auth/refresh", Token => auth::refresh),
         route!(POST "/api/auth/logout", Token => auth::logout),

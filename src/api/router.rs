@@ -456,6 +456,58 @@ mod tests {
         assert!(r.find(&Method::GET, "/api/users/%zz").is_err());
     }
 
+    /// `(METHOD, path, public)` of every operation in `assets/api/openapi.yaml`.
+    fn documented() -> std::collections::BTreeSet<(String, String, bool)> {
+        let doc: serde_json::Value =
+            serde_norway::from_str(include_str!("../../assets/api/openapi.yaml")).unwrap();
+        let public_by_default = doc["security"].as_array().is_some_and(Vec::is_empty);
+        let mut out = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if !["get", "put", "post", "delete", "patch", "head", "options"]
+                    .contains(&method.as_str())
+                {
+                    continue;
+                }
+                let public = match op.get("security") {
+                    Some(s) => s.as_array().is_some_and(Vec::is_empty),
+                    None => public_by_default,
+                };
+                out.insert((method.to_uppercase(), path.clone(), public));
+            }
+        }
+        out
+    }
+
+    /// The route table and the OpenAPI document name the same routes (method and path
+    /// template), and a route is open to anyone exactly where the document says
+    /// `security: []`. The UI's static files are not routes and not in the document.
+    #[test]
+    fn route_table_matches_the_openapi_document() {
+        let table: std::collections::BTreeSet<(String, String, bool)> = crate::api::routes()
+            .iter()
+            .map(|r| {
+                (
+                    r.method.as_str().to_owned(),
+                    r.path.to_owned(),
+                    matches!(r.access, Access::Public),
+                )
+            })
+            .collect();
+        let docs = documented();
+        let undocumented: Vec<_> = table.difference(&docs).collect();
+        let unrouted: Vec<_> = docs.difference(&table).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from (or with another access in) assets/api/openapi.yaml: {undocumented:?}"
+        );
+        assert!(
+            unrouted.is_empty(),
+            "operations of assets/api/openapi.yaml the route table lacks (or whose access differs): {unrouted:?}"
+        );
+        assert!(docs.len() > 30, "the document lists every route: {docs:?}");
+    }
+
     #[test]
     fn query_values_are_redacted() {
         assert_eq!(

@@ -92,6 +92,8 @@ pub(crate) struct Chan {
     pub(crate) seen: Vec<String>,
     /// Whether every message must be a channels envelope.
     envelope: bool,
+    /// The endpoint's path: every message is checked against `assets/api/asyncapi.yaml`.
+    path: String,
 }
 
 fn form_encode(s: &str) -> String {
@@ -148,6 +150,7 @@ impl Chan {
             ws,
             seen: Vec::new(),
             envelope,
+            path: crate::apidocs::path_of(url),
         }
     }
 
@@ -166,6 +169,7 @@ impl Chan {
                     if self.envelope {
                         assert_envelope(&v);
                     }
+                    crate::apidocs::check_message(&self.path, &v);
                     self.seen.push(format!(
                         "{}/{}",
                         v["type"].as_str().unwrap_or_default(),

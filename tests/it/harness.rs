@@ -543,16 +543,29 @@ impl Daemon {
 
     // ----- HTTP -----
 
+    /// Sends `req`; a response of this daemon is checked against `assets/api/openapi.yaml`
+    /// (`apidocs::check_response`), failing the test if it does not match.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
-        let resp = req.send().await.expect("HTTP request failed");
+        let (client, req) = req.build_split();
+        let req = req.expect("a well-formed HTTP request");
+        let method = req.method().as_str().to_owned();
+        let url = req.url().clone();
+        let resp = client.execute(req).await.expect("HTTP request failed");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.expect("read response body");
-        Resp {
+        let resp = Resp {
             status,
             headers,
             text,
+        };
+        if self
+            .addr
+            .is_some_and(|a| url.port_or_known_default() == Some(a.port()))
+        {
+            crate::apidocs::check_response(&method, url.path(), &resp);
         }
+        resp
     }
 
     pub async fn request(

@@ -5,6 +5,7 @@
 
 mod abuse;
 mod agents;
+mod apidocs;
 mod auth;
 mod channels;
 mod cli;

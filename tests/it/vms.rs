@@ -52,6 +52,8 @@ pub struct Sock {
     pub pings: usize,
     /// The type of every message read so far.
     pub types: Vec<String>,
+    /// The endpoint's path: every message is checked against `assets/api/asyncapi.yaml`.
+    path: String,
 }
 
 /// `ws://ADDR/PATH` with the query pairs, encoded.
@@ -94,6 +96,7 @@ impl Sock {
             check,
             pings: 0,
             types: Vec::new(),
+            path: crate::apidocs::path_of(url),
         }
     }
 
@@ -111,6 +114,7 @@ impl Sock {
                     let v: Value = serde_json::from_str(t.as_str())
                         .unwrap_or_else(|e| panic!("message is not JSON ({e}): {t}"));
                     (self.check)(&v);
+                    crate::apidocs::check_message(&self.path, &v);
                     self.types
                         .push(v["type"].as_str().unwrap_or_default().to_owned());
                     return Some(Got::Msg(v));

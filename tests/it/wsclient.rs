@@ -1,7 +1,8 @@
 //! A small WebSocket test client for the daemon's WebSocket APIs: connect with the token in
 //! the query, in a header or not at all (optionally with an `Origin` and a small receive
 //! buffer), read JSON messages with deadlines, and observe how a socket ends. Every message
-//! read is checked against the common envelope `{uuid, type, body, timestamp}`.
+//! read is checked against the common envelope `{uuid, type, body, timestamp}` and against
+//! its message in `assets/api/asyncapi.yaml`.
 //!
 //! Also a raw client that completes the handshake by hand and then never answers anything.
 
@@ -118,7 +119,7 @@ impl Connect {
             tcp.set_nodelay(true)?;
             let local_port = tcp.local_addr()?.port();
             let (ws, _response) = tokio_tungstenite::client_async(req, tcp).await?;
-            Ok::<_, tungstenite::Error>(WsClient::new(ws, local_port))
+            Ok::<_, tungstenite::Error>(WsClient::new(ws, local_port, self.path.clone()))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, work).await {
             Ok(r) => r,
@@ -178,15 +179,18 @@ pub struct WsClient {
     pub pings: usize,
     /// The client's local TCP port (to find the connection from the server's side).
     pub local_port: u16,
+    /// The endpoint's path, for checking messages against `assets/api/asyncapi.yaml`.
+    path: String,
 }
 
 impl WsClient {
-    fn new(ws: WebSocketStream<TcpStream>, local_port: u16) -> Self {
+    fn new(ws: WebSocketStream<TcpStream>, local_port: u16, path: String) -> Self {
         Self {
             ws,
             types: Vec::new(),
             pings: 0,
             local_port,
+            path,
         }
     }
 
@@ -208,6 +212,7 @@ impl WsClient {
                     let v: Value = serde_json::from_str(t.as_str())
                         .unwrap_or_else(|e| panic!("message is not JSON ({e}): {t}"));
                     assert_envelope(&v);
+                    crate::apidocs::check_message(&self.path, &v);
                     self.types
                         .push(v["type"].as_str().unwrap_or_default().to_owned());
                     return Some(Event::Json(v));
