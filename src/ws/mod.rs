@@ -146,8 +146,13 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
         ));
     }
     // At most `ws.max_unauthenticated` sockets may be between upgrade and authentication,
-    // `ws.max_unauthenticated_per_ip` of them from one address.
-    let Some(unauth) = state.ws.unauthenticated(peer) else {
+    // `ws.max_unauthenticated_per_ip` of them from one address. A request whose token
+    // verifies (signature and expiry: no database read) is not held behind them, so a flood
+    // of sockets that never authenticate cannot lock a user with a valid token out.
+    let presigned = token
+        .as_deref()
+        .is_some_and(|t| state.tokens.verify(t).is_ok());
+    let Some(unauth) = state.ws.unauthenticated(peer, presigned) else {
         return error_response(&Error::Busy(
             "too many unauthenticated WebSockets; retry".into(),
         ));
@@ -334,9 +339,10 @@ pub struct Sockets {
     unauthenticated: Arc<crate::server::Caps>,
 }
 
-/// A socket's place among the unauthenticated ones; dropped once it has authenticated.
+/// A socket's place among the unauthenticated ones (none for a request whose token already
+/// verified); dropped once it has authenticated.
 pub struct Unauthenticated {
-    _slot: crate::server::Slot,
+    _slot: Option<crate::server::Slot>,
 }
 
 impl Sockets {
@@ -352,10 +358,14 @@ impl Sockets {
 }
 
 impl Sockets {
-    /// A place for one more unauthenticated socket from `peer`, unless a cap is reached.
-    pub fn unauthenticated(&self, peer: SocketAddr) -> Option<Unauthenticated> {
+    /// A place for one more unauthenticated socket from `peer`, unless a cap is reached;
+    /// `presigned` (its token verified with the request) needs none.
+    pub fn unauthenticated(&self, peer: SocketAddr, presigned: bool) -> Option<Unauthenticated> {
+        if presigned {
+            return Some(Unauthenticated { _slot: None });
+        }
         let slot = self.unauthenticated.take(peer.ip())?;
-        Some(Unauthenticated { _slot: slot })
+        Some(Unauthenticated { _slot: Some(slot) })
     }
 }
 
