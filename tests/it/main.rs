@@ -16,6 +16,7 @@ mod libvirt;
 mod lifecycle;
 mod machines;
 mod plugins;
+mod security;
 mod tls;
 mod ui;
 mod users;
