@@ -67,6 +67,15 @@ pub struct Http {
     /// blocking work one more second, so the default keeps the whole exit within the
     /// contract's 5 s.
     pub shutdown_grace: u64,
+    /// HTTP connections open at once (not counting those upgraded to WebSockets); a new one
+    /// over the cap is closed at once. 0: no cap.
+    pub max_connections: usize,
+    /// The same, from one client address. 0: no cap (behind a reverse proxy on this host,
+    /// every client has the proxy's address: raise it or set 0).
+    pub max_connections_per_ip: usize,
+    /// Seconds a connection may take to send a request head (the first one, and each later
+    /// one on a kept-alive connection); then it is closed.
+    pub header_timeout: u64,
 }
 
 impl Default for Http {
@@ -78,6 +87,9 @@ impl Default for Http {
             allow_insecure: false,
             max_body_bytes: 1024 * 1024,
             shutdown_grace: 4,
+            max_connections: 1024,
+            max_connections_per_ip: 256,
+            header_timeout: 10,
         }
     }
 }
@@ -201,6 +213,8 @@ pub struct Ws {
     pub max_message: u64,
     /// Sockets allowed at once between upgrade and authentication (503 above).
     pub max_unauthenticated: usize,
+    /// The same, from one client address (503 above; 0: no per-address cap).
+    pub max_unauthenticated_per_ip: usize,
     /// Milliseconds events are gathered after the first of a burst before each socket is
     /// woken to write them in one go (0: write at once).
     pub coalesce_ms: u64,
@@ -218,6 +232,7 @@ impl Default for Ws {
             send_queue: 256,
             max_message: 64 * 1024,
             max_unauthenticated: 256,
+            max_unauthenticated_per_ip: 64,
             coalesce_ms: 2,
             test_echo: false,
         }

@@ -2,11 +2,13 @@
 //! upgrades (for WebSockets, over TLS too), the client address for every request, and
 //! graceful shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
@@ -44,9 +46,74 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Counts things held per client address (connections, sockets) against a total and a
+/// per-address cap (0: none).
+pub struct Caps {
+    total: usize,
+    per_ip: usize,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+impl Caps {
+    pub fn new(total: usize, per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            total,
+            per_ip,
+            held: Mutex::new(Held::default()),
+        })
+    }
+
+    /// One more for `ip`, unless that exceeds a cap.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let of_ip = held.by_ip.get(&ip).copied().unwrap_or(0);
+        if (self.total != 0 && held.total >= self.total)
+            || (self.per_ip != 0 && of_ip >= self.per_ip)
+        {
+            return None;
+        }
+        held.total += 1;
+        held.by_ip.insert(ip, of_ip + 1);
+        Some(Slot {
+            caps: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One counted thing; released when dropped.
+pub struct Slot {
+    caps: Arc<Caps>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.caps.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.by_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves the daemon on `listener` until `shutdown` resolves, then stops accepting, closes
 /// every WebSocket with 1001 and gives connections in flight up to `grace` to finish.
 /// With `tls`, every connection is a TLS one (HTTPS and WSS); the rest is the same path.
+/// At most `http.max_connections` HTTP connections are open at once, at most
+/// `http.max_connections_per_ip` from one address (a connection upgraded to a WebSocket
+/// leaves the count: sockets have their own admission in `ws/`); one over a cap is closed at
+/// once. A connection must send its first request head within `http.header_timeout` (and
+/// each later one on a kept-alive connection too), else it is closed.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -57,6 +124,9 @@ pub async fn serve(
     let acceptor = tls.map(TlsAcceptor::from);
     let filter = crate::api::filter(state.clone());
     let graceful = GracefulShutdown::new();
+    let http = &state.config.http;
+    let caps = Caps::new(http.max_connections, http.max_connections_per_ip);
+    let header_timeout = Duration::from_secs(http.header_timeout.max(1));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -71,16 +141,25 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(slot) = caps.take(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: too many open");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let svc = Svc {
             warp: warp::service(filter.clone()),
             state: state.clone(),
             peer,
+            requested: Arc::new(tokio::sync::Notify::new()),
+        };
+        let limits = Limits {
+            header_timeout,
+            _slot: slot,
         };
         let watcher = graceful.watcher();
         match &acceptor {
             None => {
-                tokio::spawn(serve_connection(stream, svc, watcher));
+                tokio::spawn(serve_connection(stream, svc, watcher, limits));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -103,7 +182,7 @@ pub async fn serve(
                         // A handshake still in progress at shutdown is abandoned.
                         _ = stopping.wait_for(|stop| *stop) => return,
                     };
-                    serve_connection(tls, svc, watcher).await;
+                    serve_connection(tls, svc, watcher, limits).await;
                 });
             }
         }
@@ -124,21 +203,54 @@ pub async fn serve(
     }
 }
 
+/// What one connection is held to: its place under the connection caps (released when
+/// it ends or becomes a WebSocket) and the time its request heads may take.
+struct Limits {
+    header_timeout: Duration,
+    _slot: Slot,
+}
+
 /// Serves HTTP (with upgrades) on one accepted connection, plain or TLS, under the
-/// graceful-shutdown watcher.
-async fn serve_connection<I, S>(io: I, svc: Svc<S>, watcher: Watcher)
+/// graceful-shutdown watcher. A connection whose first request has not arrived within the
+/// header timeout is closed (hyper's own header timeout covers the later ones; the protocol
+/// sniffing before the first one has none).
+async fn serve_connection<I, S>(io: I, svc: Svc<S>, watcher: Watcher, limits: Limits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let peer = svc.peer;
-    let conn = Builder::new(TokioExecutor::new())
+    let requested = svc.requested.clone();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let mut conn = std::pin::pin!(watcher.watch(conn));
+    let first = tokio::time::timeout(limits.header_timeout, requested.notified());
+    let ended = tokio::select! {
+        ended = &mut conn => Some(ended),
+        first = first => match first {
+            Ok(()) => None,
+            Err(_) => {
+                tracing::debug!(%peer, "no request within the header timeout; closing");
+                return;
+            }
+        },
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => conn.await,
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
+    drop(limits);
 }
 
 /// Routes WebSocket upgrades to `ws/` and everything else to the warp filter, with the
@@ -148,6 +260,8 @@ struct Svc<S> {
     warp: S,
     state: AppState,
     peer: SocketAddr,
+    /// Notified at every request (the first one ends the connection's header deadline).
+    requested: Arc<tokio::sync::Notify>,
 }
 
 impl<S> Service<Request<Incoming>> for Svc<S>
@@ -168,6 +282,7 @@ where
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer));
+        self.requested.notify_one();
         if crate::ws::claims(&req) {
             let (state, peer) = (self.state.clone(), self.peer);
             Box::pin(async move { Ok(crate::ws::upgrade(state, req, peer).await) })
@@ -189,4 +304,29 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_per_address_and_in_all_and_release_on_drop() {
+        let caps = Caps::new(3, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let a1 = caps.take(a);
+        let a2 = caps.take(a);
+        assert!(a1.is_some() && a2.is_some());
+        assert!(caps.take(a).is_none(), "third from one address");
+        let b1 = caps.take(b);
+        assert!(b1.is_some());
+        assert!(caps.take(b).is_none(), "fourth in all");
+        drop(a1);
+        assert!(caps.take(b).is_some(), "a released place is free again");
+        drop((a2, b1));
+        let unlimited = Caps::new(0, 0);
+        let held: Vec<_> = (0..1000).filter_map(|_| unlimited.take(a)).collect();
+        assert_eq!(held.len(), 1000);
+    }
 }

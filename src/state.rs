@@ -62,6 +62,7 @@ impl AppState {
             config.auth.session_max,
         );
         let max_unauthenticated = config.ws.max_unauthenticated;
+        let config_ws_per_ip = config.ws.max_unauthenticated_per_ip;
         let limiter = LoginLimiter::new(
             config.auth.login_max_failures,
             Duration::from_secs(config.auth.login_window),
@@ -82,7 +83,10 @@ impl AppState {
             agents: p.agents,
             activity: tokio::sync::broadcast::channel(1024).0,
             machines: p.machines,
-            ws: Arc::new(crate::ws::Sockets::new(max_unauthenticated)),
+            ws: Arc::new(crate::ws::Sockets::new(
+                max_unauthenticated,
+                config_ws_per_ip,
+            )),
             metrics: p.metrics,
             local_addr: p.local_addr,
         }))

@@ -84,7 +84,7 @@ async fn first_message(
 pub async fn serve_agent(
     state: AppState,
     mut ws: Socket,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+    unauthenticated: crate::ws::Unauthenticated,
 ) {
     let first = match first_message(&state, &mut ws).await {
         Ok(m) => m,
@@ -173,7 +173,7 @@ pub async fn serve_stream(
     server_id: String,
     kind: StreamKind,
     request_token: Option<String>,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+    unauthenticated: crate::ws::Unauthenticated,
 ) {
     let token = match request_token {
         Some(t) => Some(t),

@@ -87,7 +87,7 @@ pub async fn serve(
     state: AppState,
     ws: Socket,
     token: Option<String>,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+    unauthenticated: crate::ws::Unauthenticated,
 ) {
     let ctl = Control::new(state.config.ws.send_queue);
     let admitted = match token {

@@ -10,7 +10,7 @@ use super::Socket;
 use super::conn::code;
 use super::frame::{FrameError, Incoming};
 
-pub async fn serve(mut ws: Socket, unauthenticated: tokio::sync::OwnedSemaphorePermit) {
+pub async fn serve(mut ws: Socket, unauthenticated: crate::ws::Unauthenticated) {
     drop(unauthenticated);
     loop {
         match ws.read().await {

@@ -659,7 +659,7 @@ pub async fn serve(
     kind: Kind,
     token: Option<String>,
     query: Option<String>,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+    unauthenticated: crate::ws::Unauthenticated,
 ) {
     let needs = (kind == Kind::Global).then_some(Permission::ViewAllVms);
     let ctl = Control::new(state.config.ws.send_queue);

@@ -146,8 +146,14 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
             "this Origin may not open WebSockets here",
         ));
     }
-    // At most `ws.max_unauthenticated` sockets may be between upgrade and authentication.
-    let Ok(unauth) = state.ws.unauthenticated.clone().try_acquire_owned() else {
+    // At most `ws.max_unauthenticated` sockets may be between upgrade and authentication,
+    // `ws.max_unauthenticated_per_ip` of them from one address. A request whose token
+    // verifies (signature and expiry: no database read) is not held behind them, so a flood
+    // of sockets that never authenticate cannot lock a user with a valid token out.
+    let presigned = token
+        .as_deref()
+        .is_some_and(|t| state.tokens.verify(t).is_ok());
+    let Some(unauth) = state.ws.unauthenticated(peer, presigned) else {
         return error_response(&Error::Busy(
             "too many unauthenticated WebSockets; retry".into(),
         ));
@@ -345,19 +351,37 @@ pub struct Sockets {
     live: Mutex<HashMap<u64, Entry>>,
     pub tasks: tokio_util::task::TaskTracker,
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// Permits for sockets not yet authenticated (contract: at most 256 at once).
-    pub unauthenticated: Arc<tokio::sync::Semaphore>,
+    /// Sockets not yet authenticated (contract: at most 256 at once), in all and per address.
+    unauthenticated: Arc<crate::server::Caps>,
+}
+
+/// A socket's place among the unauthenticated ones (none for a request whose token already
+/// verified); dropped once it has authenticated.
+pub struct Unauthenticated {
+    _slot: Option<crate::server::Slot>,
 }
 
 impl Sockets {
-    pub fn new(max_unauthenticated: usize) -> Self {
+    pub fn new(max_unauthenticated: usize, per_ip: usize) -> Self {
         Self {
-            unauthenticated: Arc::new(tokio::sync::Semaphore::new(max_unauthenticated.max(1))),
+            unauthenticated: crate::server::Caps::new(max_unauthenticated.max(1), per_ip),
             next: std::sync::atomic::AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
             shutdown: tokio::sync::watch::channel(false).0,
         }
+    }
+}
+
+impl Sockets {
+    /// A place for one more unauthenticated socket from `peer`, unless a cap is reached;
+    /// `presigned` (its token verified with the request) needs none.
+    pub fn unauthenticated(&self, peer: SocketAddr, presigned: bool) -> Option<Unauthenticated> {
+        if presigned {
+            return Some(Unauthenticated { _slot: None });
+        }
+        let slot = self.unauthenticated.take(peer.ip())?;
+        Some(Unauthenticated { _slot: Some(slot) })
     }
 }
 
@@ -546,7 +570,7 @@ mod tests {
 
     #[test]
     fn a_revocation_between_registration_and_the_read_reaches_the_socket() {
-        let sockets = Arc::new(Sockets::new(4));
+        let sockets = Arc::new(Sockets::new(4, 0));
         let ctl = Control::new(4);
         let read = user(1, false);
         let reg = sockets.register(read.uuid, 1, None, &ctl);

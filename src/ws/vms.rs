@@ -442,7 +442,7 @@ pub async fn serve(
     name: String,
     kind: Kind,
     token: Option<String>,
-    unauthenticated: tokio::sync::OwnedSemaphorePermit,
+    unauthenticated: crate::ws::Unauthenticated,
 ) {
     let ctl = Control::new(state.config.ws.send_queue);
     let needs = (kind == Kind::Console).then_some(Permission::AccessConsole);

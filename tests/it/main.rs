@@ -18,6 +18,7 @@ mod lifecycle;
 mod machines;
 mod metrics;
 mod plugins;
+mod security;
 mod tls;
 mod ui;
 mod users;

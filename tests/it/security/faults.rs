@@ -1,0 +1,363 @@
+//! Connection faults: connections that never send a request or never finish their headers,
+//! WebSockets that never authenticate, a client stopped with SIGSTOP mid-stream, and a burst
+//! of 200 logins. The caps hold (per address and in all), idle and stalled connections are
+//! closed after their deadlines, the daemon's memory stays bounded, and meanwhile an admin
+//! (from another address) still logs in and opens a socket; `/healthz` answers throughout.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use super::{T, daemon_pid, enc, open, proc_status};
+use crate::harness::Daemon;
+
+/// A TCP connection to the daemon from the loopback address `from`.
+async fn connect_from(d: &Daemon, from: [u8; 4]) -> TcpStream {
+    let s = TcpSocket::new_v4().expect("socket");
+    s.bind(SocketAddr::new(IpAddr::from(from), 0))
+        .expect("bind");
+    tokio::time::timeout(T, s.connect(d.addr()))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+}
+
+/// Whether the daemon closed `s` within `within` (EOF or reset); `false` if still open.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Logs the admin in and opens a machines socket to its first data: the UI still works.
+async fn admin_still_works(d: &Daemon) {
+    let admin = d.admin_token().await;
+    let mut ws = open(
+        d,
+        &format!("/ws/machines/global?access_token={}", enc(&admin)),
+    )
+    .await;
+    ws.recv_where(T, "DATA_STATIC", |v| v["type"] == "DATA_STATIC")
+        .await;
+}
+
+const HEADER_TIMEOUT: u64 = 2;
+
+#[tokio::test]
+async fn idle_and_stalled_connections_are_capped_and_closed_and_an_admin_still_gets_in() {
+    let d = Daemon::builder()
+        .env("ORCHARD_HTTP_MAX_CONNECTIONS_PER_IP", "40")
+        .env("ORCHARD_HTTP_MAX_CONNECTIONS", "100")
+        .env("ORCHARD_HTTP_HEADER_TIMEOUT", &HEADER_TIMEOUT.to_string())
+        .start();
+    let pid = daemon_pid(&d);
+    d.wait_healthy().await;
+    let rss_before = proc_status(pid, "VmRSS");
+
+    // 200 connections from one address that never send a byte: 40 are held, the rest are
+    // closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(connect_from(&d, [127, 0, 0, 2]).await);
+    }
+    let quick = Duration::from_millis(300);
+    let verdicts = join_all(idle.iter_mut().map(|s| closed_within(s, quick))).await;
+    let held = verdicts.iter().filter(|c| !**c).count();
+    assert_eq!(held, 40, "connections held from one address");
+    // A slowloris from another address: a request head that never ends, a byte a second.
+    let mut slow = connect_from(&d, [127, 0, 0, 3]).await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Meanwhile the admin (127.0.0.1) logs in and opens a socket.
+    admin_still_works(&d).await;
+    let t0 = Instant::now();
+    let dribble = async {
+        let mut i = 0u32;
+        while slow
+            .write_all(format!("X-{i}: y\r\n").as_bytes())
+            .await
+            .is_ok()
+        {
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if t0.elapsed() > Duration::from_secs(HEADER_TIMEOUT + 8) {
+                return false;
+            }
+        }
+        true
+    };
+    assert!(dribble.await, "a head that never ends is cut off");
+    // The held idle connections are closed after the header timeout.
+    let grace = Duration::from_secs(HEADER_TIMEOUT + 5);
+    let verdicts = join_all(idle.iter_mut().map(|s| closed_within(s, grace))).await;
+    assert!(
+        verdicts.iter().all(|c| *c),
+        "idle connections closed after the header timeout"
+    );
+    drop(idle);
+
+    // The global cap: 3 addresses × 40 = 120 > 100.
+    let mut many = Vec::new();
+    for from in [[127, 0, 0, 4], [127, 0, 0, 5], [127, 0, 0, 6]] {
+        for _ in 0..40 {
+            many.push(connect_from(&d, from).await);
+        }
+    }
+    let verdicts = join_all(many.iter_mut().map(|s| closed_within(s, quick))).await;
+    assert_eq!(verdicts.iter().filter(|c| !**c).count(), 100, "held in all");
+    let join = join_all(many.iter_mut().map(|s| closed_within(s, grace))).await;
+    assert!(join.iter().all(|c| *c));
+    drop(many);
+    // Once they are gone, the admin gets in again.
+    admin_still_works(&d).await;
+
+    // A kept-alive connection that goes quiet after a request is closed too.
+    let mut kept = connect_from(&d, [127, 0, 0, 7]).await;
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(T, kept.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        closed_within(&mut kept, grace).await,
+        "an idle kept-alive connection is closed"
+    );
+
+    let rss_after = proc_status(pid, "VmRSS");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+}
+
+#[tokio::test]
+async fn websockets_that_never_authenticate_are_capped_per_address_and_time_out() {
+    let d = Daemon::builder()
+        .env("ORCHARD_WS_MAX_UNAUTHENTICATED_PER_IP", "10")
+        .env("ORCHARD_WS_MAX_UNAUTHENTICATED", "25")
+        .env("ORCHARD_AGENTS_AUTH_TIMEOUT", "2")
+        .start();
+    let pid = daemon_pid(&d);
+    d.wait_healthy().await;
+    let rss_before = proc_status(pid, "VmRSS");
+    // Upgrades to the agent socket (authentication in the first message) that never send it.
+    let upgrade = |from: [u8; 4]| {
+        let d = &d;
+        async move {
+            let tcp = connect_from(d, from).await;
+            let url = format!("ws://{}/api/v1/agents/ws", d.addr());
+            match tokio_tungstenite::client_async(url, tcp).await {
+                Ok((ws, _)) => Ok(ws),
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+                Err(e) => panic!("upgrade: {e}"),
+            }
+        }
+    };
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..30 {
+        match upgrade([127, 0, 0, 2]).await {
+            Ok(ws) => open.push(ws),
+            Err(status) => refused.push(status),
+        }
+    }
+    assert_eq!(open.len(), 10, "unauthenticated sockets from one address");
+    assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
+    // Other addresses fill the global cap (25).
+    for from in [[127, 0, 0, 3], [127, 0, 0, 4]] {
+        for _ in 0..10 {
+            if let Ok(ws) = upgrade(from).await {
+                open.push(ws);
+            }
+        }
+    }
+    assert_eq!(open.len(), 25, "unauthenticated sockets in all");
+    // An authenticated socket is not held up by them (its token comes with the request).
+    admin_still_works(&d).await;
+    // They are all closed 4401 once agents.auth_timeout passes, and the places free up.
+    for ws in &mut open {
+        use futures_util::StreamExt;
+        let end = tokio::time::timeout(T, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                        return f.map(|f| u16::from(f.code));
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("closed after the auth timeout");
+        assert_eq!(end, Some(4401));
+    }
+    drop(open);
+    crate::harness::eventually(T, "a place for a new unauthenticated socket", || async {
+        upgrade([127, 0, 0, 2]).await.ok().map(|_| ())
+    })
+    .await;
+    let rss_after = proc_status(pid, "VmRSS");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+}
+
+/// A raw WebSocket client in a separate `python3` process (so it can be stopped with
+/// SIGSTOP): it upgrades `path` (token on stdin), prints its status line and local port,
+/// then reads forever.
+const STOPPABLE_CLIENT: &str = r#"
+import base64, os, socket, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+token = sys.stdin.readline().strip()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect((host, port))
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall((f"GET {path}?access_token={token} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += s.recv(4096)
+print(buf.split(b"\r\n")[0].decode(), s.getsockname()[1], flush=True)
+while s.recv(65536):
+    pass
+"#;
+
+/// Whether the daemon (listening on `port`) still has an established connection to the
+/// client port `client` (`/proc/net/tcp`, state 01).
+fn daemon_holds(port: u16, client: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let want = (format!(":{port:04X}"), format!(":{client:04X}"));
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&want.0) && f[2].ends_with(&want.1) && f[3] == "01"
+    })
+}
+
+#[tokio::test]
+async fn a_client_stopped_with_sigstop_is_dropped_and_memory_stays_bounded() {
+    let d = Daemon::builder()
+        .env("ORCHARD_WS_PING_INTERVAL", "1")
+        .env("ORCHARD_WS_IDLE_TIMEOUT", "3")
+        .env("ORCHARD_WS_WRITE_DEADLINE", "2")
+        .env("ORCHARD_MACHINES_DYNAMIC_INTERVAL", "1")
+        .env("ORCHARD_SIMULATOR_CHURN_PER_SECOND", "5")
+        .start();
+    let pid = daemon_pid(&d);
+    let admin = d.admin_token().await;
+    let rss_before = proc_status(pid, "VmRSS");
+    let mut child = Command::new("python3")
+        .args(["-c", STOPPABLE_CLIENT, "127.0.0.1"])
+        .arg(d.addr().port().to_string())
+        .arg("/ws/machines/global")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (apt-get install python3)");
+    writeln!(child.stdin.take().unwrap(), "{}", enc(&admin)).unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+    let client_port: u16 = line.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(daemon_holds(d.addr().port(), client_port));
+    let child_pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) only sends a signal to our own unreaped child.
+    assert_eq!(unsafe { libc::kill(child_pid, libc::SIGSTOP) }, 0);
+    // Meanwhile the admin logs in and uses a socket.
+    admin_still_works(&d).await;
+    // The daemon drops the stopped client when its silence (or write) deadline passes.
+    crate::harness::eventually(
+        Duration::from_secs(15),
+        "the stopped client dropped",
+        || async { (!daemon_holds(d.addr().port(), client_port)).then_some(()) },
+    )
+    .await;
+    let rss_after = proc_status(pid, "VmRSS");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+    admin_still_works(&d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_logins_keep_healthz_answering() {
+    let d = Daemon::start();
+    d.wait_healthy().await;
+    let password = d.admin_password().to_owned();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // The logins queue behind `auth.hash_concurrency` argon2 slots: on a busy machine the
+    // last one may wait longer than the harness client's 30 s, so they get their own client.
+    let login_client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let body = serde_json::json!({"username": "admin", "password": password});
+    let logins = async {
+        let all = join_all((0..200).map(|_| async {
+            let r = login_client
+                .post(d.url("/api/auth/login"))
+                .json(&body)
+                .send()
+                .await
+                .expect("login");
+            r.status().as_u16()
+        }))
+        .await;
+        done.store(true, std::sync::atomic::Ordering::Release);
+        all
+    };
+    // A separate client, so probes do not queue behind the logins' connections.
+    let probe_client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let probes = async {
+        let mut answered = 0u32;
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                probe_client.get(d.url("/healthz")).send(),
+            )
+            .await
+            .expect("/healthz answers within 5 s during the logins")
+            .expect("/healthz");
+            assert_eq!(r.status(), 200);
+            answered += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answered
+    };
+    let (all, answered) = tokio::join!(logins, probes);
+    assert!(
+        all.iter().all(|s| *s == 200),
+        "every login succeeds: {all:?}"
+    );
+    assert!(answered > 0, "probes ran during the logins");
+}

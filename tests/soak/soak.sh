@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Soak test (not in CI): runs an Orchard daemon under consoles, subscribers and churn for a
+# while (default 1 h) and prints its open file descriptors, threads and RSS at the start
+# (after start-up, before any load), every minute, and at the end (after the load stopped
+# and the daemon had SETTLE seconds to close what it held). It fails if, at the end, the
+# descriptors are above the start by more than FD_SLACK, the RSS by more than RSS_SLACK_KB
+# (allocator caches keep some memory), or the threads above both the start + THREAD_SLACK
+# and the first minute's figure (tokio's blocking pool keeps threads that the daemon's
+# once-a-second plugin polls keep waking: a plateau reached under load, not a leak).
+#
+#   tests/soak/soak.sh [SECONDS]        # default 3600
+#   ORCHARD_BIN=target/release/orchard SUBSCRIBERS=40 CONSOLES=4 tests/soak/soak.sh 300
+#
+# Needs python3 (standard library only). Uses a temporary data directory and a free port.
+set -euo pipefail
+
+SECONDS_TO_RUN=${1:-3600}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${ORCHARD_BIN:-}
+if [[ -z $BIN ]]; then
+    if [[ -x $ROOT/target/release/orchard ]]; then BIN=$ROOT/target/release/orchard; else BIN=$ROOT/target/debug/orchard; fi
+fi
+[[ -x $BIN ]] || { echo "no orchard binary at $BIN (cargo build first)" >&2; exit 2; }
+SETTLE=${SETTLE:-30}
+FD_SLACK=${FD_SLACK:-5}
+THREAD_SLACK=${THREAD_SLACK:-4}
+RSS_SLACK_KB=${RSS_SLACK_KB:-65536}
+
+WORK=$(mktemp -d)
+DAEMON_PID=
+LOAD_PID=
+cleanup() {
+    [[ -n $LOAD_PID ]] && kill "$LOAD_PID" 2>/dev/null || true
+    if [[ -n $DAEMON_PID ]]; then kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+export ORCHARD_ADMIN_PASSWORD="soak-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+mkdir -p "$WORK/plugins"
+# The built-in simulator only; machines change state on their own as well.
+ORCHARD_PLUGINS_DIR="$WORK/plugins" \
+ORCHARD_SIMULATOR_MACHINES=${MACHINES:-16} \
+ORCHARD_SIMULATOR_CHURN_PER_SECOND=${SIM_CHURN:-2} \
+ORCHARD_SIMULATOR_BOOT_MS=300 ORCHARD_SIMULATOR_SHUTDOWN_MS=200 \
+ORCHARD_AUTH_LOGIN_MAX_FAILURES=1000000 \
+    "$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" 2>"$WORK/daemon.log" &
+DAEMON_PID=$!
+PORT=
+for _ in $(seq 1 100); do
+    PORT=$(grep -o 'http://127.0.0.1:[0-9]*' "$WORK/daemon.log" 2>/dev/null | head -1 | sed 's/.*://') || true
+    [[ -n $PORT ]] && break
+    sleep 0.2
+done
+[[ -n $PORT ]] || { echo "the daemon did not start:" >&2; cat "$WORK/daemon.log" >&2; exit 1; }
+
+sample() {
+    local fds threads rss
+    fds=$(ls "/proc/$DAEMON_PID/fd" | wc -l)
+    threads=$(awk '/^Threads:/ {print $2}' "/proc/$DAEMON_PID/status")
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON_PID/status")
+    printf '%-8s %6s %8s %10s\n' "$1" "$fds" "$threads" "$rss"
+    eval "$2_FDS=$fds $2_THREADS=$threads $2_RSS=$rss"
+}
+
+curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null
+echo "orchard $BIN on port $PORT (pid $DAEMON_PID), load for $SECONDS_TO_RUN s"
+printf '%-8s %6s %8s %10s\n' when fds threads rss_kb
+sample start START
+python3 "$ROOT/tests/soak/soak.py" --port "$PORT" --seconds "$SECONDS_TO_RUN" \
+    --subscribers "${SUBSCRIBERS:-20}" --consoles "${CONSOLES:-4}" --churners "${CHURNERS:-2}" \
+    2>"$WORK/load.log" &
+LOAD_PID=$!
+ELAPSED=0
+while kill -0 "$LOAD_PID" 2>/dev/null; do
+    sleep 1
+    ELAPSED=$((ELAPSED + 1))
+    if (( ELAPSED % 60 == 0 )); then
+        sample "${ELAPSED}s" PEAK
+        [[ -n ${WARM_THREADS:-} ]] || WARM_THREADS=$PEAK_THREADS
+    fi
+done
+wait "$LOAD_PID" || { echo "the load generator failed:" >&2; tail -20 "$WORK/load.log" >&2; exit 1; }
+LOAD_PID=
+sleep "$SETTLE"
+sample end END
+echo "threads by name at the end: $(cat /proc/"$DAEMON_PID"/task/*/comm | sort | uniq -c | awk '{printf "%s×%s ", $2, $1}')"
+LOAD_ERRORS=$(grep -c . "$WORK/load.log" || true)
+echo "load-generator errors: $LOAD_ERRORS (first lines below)"
+head -5 "$WORK/load.log"
+kill -0 "$DAEMON_PID" || { echo "the daemon died" >&2; exit 1; }
+FAIL=0
+(( END_FDS <= START_FDS + FD_SLACK )) || { echo "FAIL: fds $START_FDS -> $END_FDS"; FAIL=1; }
+WARM_THREADS=${WARM_THREADS:-$START_THREADS}
+(( END_THREADS <= START_THREADS + THREAD_SLACK || END_THREADS <= WARM_THREADS )) ||
+    { echo "FAIL: threads $START_THREADS (first minute $WARM_THREADS) -> $END_THREADS"; FAIL=1; }
+(( END_RSS <= START_RSS + RSS_SLACK_KB )) || { echo "FAIL: RSS $START_RSS -> $END_RSS kB"; FAIL=1; }
+grep -E ' (ERROR|WARN) ' "$WORK/daemon.log" | grep -v 'plugin failed to load' | head -5 || true
+(( FAIL == 0 )) && echo "OK: fds, threads and RSS back to baseline"
+exit "$FAIL"
