@@ -11,7 +11,7 @@
 //! * `image`: the image of new containers when the create spec's tags name none
 //!   (`image=REF`); `command` (array): their command, else the image's own.
 //! * `console_command` (default `["/bin/sh"]`): what a console session runs (with a TTY).
-//! * `stats_concurrency` (default 16): one-shot stats requests in flight at once.
+//! * `stats_concurrency` (default 128): one-shot stats requests in flight at once.
 //!
 //! # How it works
 //! * The plugin runs its own tokio runtime; each synchronous plugin call hands one future to
@@ -848,6 +848,15 @@ impl Core {
             .await;
         let samples: HashMap<String, (Option<Sample>, Instant)> =
             samples.into_iter().map(|(u, s, at)| (u, (s, at))).collect();
+        let took = samples.values().filter(|(s, _)| s.is_some()).count();
+        self.log(
+            LogLevel::Debug,
+            &format!(
+                "bulk_state: {} containers, {took} stats samples in {} ms",
+                list.len(),
+                started.elapsed().as_millis()
+            ),
+        );
         let mut st = lock(&self.state);
         let mut out = Vec::with_capacity(list.len());
         for (uuid, _, raw) in &list {

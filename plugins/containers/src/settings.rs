@@ -25,7 +25,9 @@ pub struct Settings {
     pub command: Option<Vec<String>>,
     /// What a console session runs in the container (with a TTY).
     pub console_command: Vec<String>,
-    /// At most this many one-shot stats requests are in flight at once.
+    /// At most this many one-shot stats requests are in flight at once. The engine answers
+    /// them all at its next stats-collector tick (about 1 s), so this should cover the
+    /// running containers: 16 for 120 containers took ~4 s and sampled 49 of them.
     pub stats_concurrency: usize,
 }
 
@@ -39,7 +41,7 @@ impl Default for Settings {
             image: None,
             command: None,
             console_command: vec!["/bin/sh".into()],
-            stats_concurrency: 16,
+            stats_concurrency: 128,
         }
     }
 }
@@ -114,9 +116,9 @@ impl Settings {
             Some(n) => {
                 s.stats_concurrency = n
                     .as_u64()
-                    .filter(|c| (1..=256).contains(c))
+                    .filter(|c| (1..=1024).contains(c))
                     .map(|c| c as usize)
-                    .ok_or_else(|| bad("stats_concurrency", "a whole number from 1 to 256"))?
+                    .ok_or_else(|| bad("stats_concurrency", "a whole number from 1 to 1024"))?
             }
         }
         Ok(s)
