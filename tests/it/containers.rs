@@ -633,6 +633,24 @@ async fn console_round_trip_with_resize() {
     console_shows(&mut s, &mut buf, "orchard-42").await;
     console_shows(&mut s, &mut buf, "33 101").await;
 
+    // A console closed by its client ends its shell in the container.
+    let shells = || {
+        docker_ok(&["top", &title, "-o", "pid,args"])
+            .lines()
+            .filter(|l| l.trim().ends_with(" /bin/sh"))
+            .count()
+    };
+    let other = open_console(&d, &title, &admin).await;
+    eventually(T, "the second console's shell", || async {
+        (shells() == 2).then_some(())
+    })
+    .await;
+    other.close().await;
+    eventually(T, "the closed console's shell to exit", || async {
+        (shells() == 1).then_some(())
+    })
+    .await;
+
     // The container stops: the session ends.
     power_ok(&d, &admin, &uuid, "stop").await;
     s.expect_close(1000, T).await;

@@ -33,7 +33,8 @@
 //!   start), suspend = pause, resume = unpause, force off = kill; create from an image with a
 //!   name, CPU and memory limits; delete (forced removal).
 //! * Consoles: an exec of `console_command` with a TTY, attached; output is forwarded as it
-//!   comes, input is queued to the exec's stdin, resize resizes the exec's TTY.
+//!   comes, input is queued to the exec's stdin, resize resizes the exec's TTY. Closing a
+//!   session types ^C and ^D into it (the engine keeps an exec running without a client).
 
 mod convert;
 mod settings;
@@ -986,8 +987,17 @@ impl Core {
         self.rt.spawn(async move {
             while let Some(data) = rx.recv().await {
                 if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
-                    break;
+                    return;
                 }
+            }
+            // The session was closed. The engine keeps an exec running when its client goes
+            // away, so the shell is asked to end as a user would: ^C (whatever runs in the
+            // foreground), then ^D (end of input at an empty line).
+            for key in [b"\x03", b"\x04"] {
+                if input.write_all(key).await.is_err() || input.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let _ = input.shutdown().await;
         });
@@ -1537,7 +1547,7 @@ impl Backend for Containers {
             .remove(session)
             .ok_or_else(|| PluginError::NotFound(format!("no console session {session}")))?;
         // Output being forwarded finishes before this; none follows. Dropping the input
-        // closes the exec's stdin (the shell sees the end of its input and exits).
+        // makes the writer end the shell (see `console_open`).
         *lock(&s.open) = false;
         s.reader.abort();
         drop(s);
