@@ -657,7 +657,7 @@ async fn console_round_trip_with_resize() {
 }
 
 #[tokio::test]
-async fn not_operational_without_an_engine_then_reconnects() {
+async fn not_operational_without_an_engine_and_reconnects_when_it_comes_and_goes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock: PathBuf = dir.path().join("docker.sock");
     let name = unique("orchard-it-late");
@@ -691,7 +691,65 @@ async fn not_operational_without_an_engine_then_reconnects() {
 
     // The engine appears at the configured path: the plugin connects and lists.
     docker_ok(&["create", "--name", &name, "--label", "orchard-it", image()]);
-    std::os::unix::fs::symlink(engine_socket(), &sock).expect("symlink the socket");
+    let proxy = Proxy::start(&sock);
     let m = machine_titled(&d, &admin, &name).await;
     assert_eq!(m["kind"], "container", "{m}");
+    let uuid = m["uuid"].as_str().expect("uuid").to_owned();
+    power_ok(&d, &admin, &uuid, "start").await;
+    wait_status(&d, &admin, &uuid, "running").await;
+
+    // The engine goes away (every connection to it drops): calls fail (at once), and say
+    // why once the plugin has seen its event stream end.
+    drop(proxy);
+    eventually(T, "calls saying the backend is not operational", || async {
+        let r = power(&d, &admin, &uuid, "stop").await;
+        assert_ne!(r.status, 202, "a stop without an engine: {}", r.json());
+        let why = r.json().to_string();
+        (why.contains("not operational") && why.contains(&sock.display().to_string())).then_some(())
+    })
+    .await;
+    // …and it comes back: the plugin reconnects and the container can be driven again.
+    let _proxy = Proxy::start(&sock);
+    eventually(T, "the plugin to reconnect", || async {
+        (power(&d, &admin, &uuid, "stop").await.status == 202).then_some(())
+    })
+    .await;
+    wait_status(&d, &admin, &uuid, "stopped").await;
+}
+
+/// A stand-in for an engine that comes and goes: forwards connections on `path` to the
+/// test engine's socket; dropping it closes the socket and every connection through it.
+struct Proxy {
+    task: tokio::task::JoinHandle<()>,
+    path: PathBuf,
+}
+
+impl Proxy {
+    fn start(path: &Path) -> Self {
+        let listener = tokio::net::UnixListener::bind(path).expect("bind the proxy socket");
+        let target = engine_socket();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                conns.spawn(async move {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+            }
+        });
+        Self {
+            task,
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every connection.
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
