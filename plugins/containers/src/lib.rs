@@ -1084,7 +1084,7 @@ impl Core {
     }
 
     /// Keeps a link: connects, follows its events, and starts over when it is lost.
-    async fn supervise(self: Arc<Self>, mut first: Option<Link>) {
+    async fn supervise(self: Arc<Self>, mut first: Option<Arc<Link>>) {
         let mut generation = 1;
         loop {
             if self.stopped.load(Ordering::SeqCst) {
@@ -1092,11 +1092,10 @@ impl Core {
             }
             let link = match first.take() {
                 Some(l) => Ok(l),
-                None => self.connect(generation).await,
+                None => self.connect(generation).await.map(Arc::new),
             };
             match link {
                 Ok(link) => {
-                    let link = Arc::new(link);
                     generation += 1;
                     self.follow(link).await;
                 }
@@ -1257,6 +1256,7 @@ impl Containers {
                     None
                 }
             };
+            let first = first.map(Arc::new);
             if let Some(l) = &first {
                 // What every container is now, so that only changes are reported.
                 if let Ok(list) = c.list_ids(l).await {
@@ -1265,20 +1265,14 @@ impl Containers {
                         st.tracks.entry(uuid).or_default().last = Some(raw);
                     }
                 }
+                // Usable as soon as init returns; the supervisor subscribes to its events
+                // and catches up with what changed in between.
+                *c.link.write().unwrap_or_else(PoisonError::into_inner) = Some(l.clone());
             }
             first
         });
-        let connected = first.is_some();
         let c = core.clone();
         runtime.spawn(c.supervise(first));
-        if connected {
-            // The supervisor publishes the link; wait for it briefly so that init returns
-            // with the engine usable.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while core.link().is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
         Ok(Self {
             core,
             runtime: Mutex::new(Some(runtime)),
