@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::fixtures::containers_plugin;
-use crate::harness::{Daemon, eventually};
+use crate::harness::{Daemon, eventually, orchard_command, run_to_exit, stderr_of, stdout_of};
 use crate::machines::{detail, list_machines, power, power_ok, wait_status};
 use crate::vms::{Got, Sock, type_in, ws_url};
 use crate::ws::LIFECYCLE;
@@ -751,5 +751,38 @@ impl Drop for Proxy {
         // Aborting the accept loop drops its JoinSet, which aborts every connection.
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn plugin_check_passes_against_the_engine() {
+    let settings = json!({"socket": engine_socket(), "image": image(), "stop_timeout_seconds": 5});
+    let mut cmd = orchard_command();
+    cmd.args(["plugin", "check"])
+        .arg(containers_plugin())
+        .arg("--settings")
+        .arg(settings.to_string());
+    let out = run_to_exit(cmd, None, Duration::from_secs(120));
+    let report = stdout_of(&out);
+    assert!(
+        out.status.success() && !report.contains("FAIL"),
+        "plugin check:\n{report}\nstderr:\n{}",
+        stderr_of(&out)
+    );
+    let wanted = [
+        "create",
+        "event machine_created",
+        "power suspend",
+        "restart: event boot_success",
+        "console output",
+        "console_resize",
+        "power force_off",
+        "delete",
+    ];
+    for step in wanted {
+        assert!(
+            report.contains(&format!("ok    {step}")),
+            "{step:?} in:\n{report}"
+        );
     }
 }
