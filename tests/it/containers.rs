@@ -215,6 +215,14 @@ async fn events_until_end_of(c: &mut WsClient, uuid: &str, phase: &str) -> Vec<(
     seen
 }
 
+/// Expects `phase` of `uuid` to start and fail; returns the failure's reason.
+async fn failure_of(c: &mut WsClient, uuid: &str, phase: &str) -> String {
+    let events = events_until_end_of(c, uuid, phase).await;
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, [format!("{phase}_START"), format!("{phase}_FAIL")]);
+    events[1].1["error"].as_str().unwrap_or_default().to_owned()
+}
+
 async fn types_until_end_of(c: &mut WsClient, uuid: &str, phase: &str) -> Vec<String> {
     events_until_end_of(c, uuid, phase)
         .await
@@ -464,10 +472,7 @@ async fn engine_side_changes_become_events_and_failures() {
         types_until_end_of(&mut g, &uuid, "BOOTUP").await,
         ["BOOTUP_START", "BOOTUP_SUCCESS"]
     );
-    let down = events_until_end_of(&mut g, &uuid, "SHUTDOWN").await;
-    let types: Vec<&str> = down.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(types, ["SHUTDOWN_START", "SHUTDOWN_FAIL"]);
-    let error = down[1].1["error"].as_str().unwrap_or_default();
+    let error = failure_of(&mut g, &uuid, "SHUTDOWN").await;
     assert!(
         error.contains("code 3"),
         "the exit code in the failure: {error}"
@@ -785,4 +790,30 @@ fn plugin_check_passes_against_the_engine() {
             "{step:?} in:\n{report}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_start_the_engine_refuses_is_a_boot_failure() {
+    let mut s = setup("orchard-it-badstart").await;
+    let name = s.name.clone();
+    docker_ok(&[
+        "create",
+        "--name",
+        &name,
+        "--label",
+        "orchard-it",
+        image(),
+        "/nonexistent",
+    ]);
+    let uuid = machine_titled(&s.d, &s.admin, &name).await["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_owned();
+    power_ok(&s.d, &s.admin, &uuid, "start").await;
+    let error = failure_of(&mut s.g, &uuid, "BOOTUP").await;
+    assert!(
+        error.contains("/nonexistent"),
+        "the engine's reason: {error}"
+    );
+    wait_status(&s.d, &s.admin, &uuid, "stopped").await;
 }
