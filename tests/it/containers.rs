@@ -56,6 +56,15 @@ fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `docker run -d --name NAME --label orchard-it OPTIONS… IMAGE COMMAND…` (the test image).
+fn run_container(name: &str, options: &[&str], command: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", name, "--label", "orchard-it"];
+    args.extend_from_slice(options);
+    args.push(image());
+    args.extend_from_slice(command);
+    docker_ok(&args);
+}
+
 /// Imports the busybox image once per test run.
 fn image() -> &'static str {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -266,25 +275,17 @@ async fn lists_containers_with_properties_and_state() {
     let _c = Cleanup(vec![name.clone()]);
     let port = 20_000 + (std::process::id() % 20_000);
     let volume = tempfile::tempdir().expect("tempdir");
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    let (publish, mount) = (
+        format!("{port}:80"),
+        format!("{}:/data", volume.path().display()),
+    );
+    run_container(
         &name,
-        "--label",
-        "orchard-it",
-        "--label",
-        "env=it",
-        "--cpus",
-        "1",
-        "--memory",
-        "96m",
-        "-p",
-        &format!("{port}:80"),
-        "-v",
-        &format!("{}:/data", volume.path().display()),
-        image(),
-    ]);
+        &[
+            "--label", "env=it", "--cpus", "1", "--memory", "96m", "-p", &publish, "-v", &mount,
+        ],
+        &[],
+    );
     let id = docker_ok(&["inspect", "--format", "{{.Id}}", &name]);
     let d = daemon_with("");
     let admin = d.admin_token().await;
@@ -450,18 +451,7 @@ async fn engine_side_changes_become_events_and_failures() {
         ..
     } = setup("orchard-it-outside").await;
     // Made, started and exiting with an error behind Orchard's back.
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        "orchard-it",
-        image(),
-        "/bin/sh",
-        "-c",
-        "sleep 1; exit 3",
-    ]);
+    run_container(&name, &[], &["/bin/sh", "-c", "sleep 1; exit 3"]);
     let created = g
         .next_matching(T, "CREATE of the outside container", |v| {
             v["type"] == "CREATE" && v["body"]["title"] == name.as_str()
@@ -535,31 +525,12 @@ async fn stats_while_a_container_burns_cpu() {
     let burner = unique("orchard-it-burn");
     let idle = unique("orchard-it-idle");
     let _c = Cleanup(vec![burner.clone(), idle.clone()]);
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    run_container(
         &burner,
-        "--label",
-        "orchard-it",
-        "--cpus",
-        "1",
-        "--memory",
-        "64m",
-        image(),
-        "/bin/sh",
-        "-c",
-        "while :; do :; done",
-    ]);
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &idle,
-        "--label",
-        "orchard-it",
-        image(),
-    ]);
+        &["--cpus", "1", "--memory", "64m"],
+        &["/bin/sh", "-c", "while :; do :; done"],
+    );
+    run_container(&idle, &[], &[]);
     let d = daemon_with("");
     let admin = d.admin_token().await;
     let hot = machine_titled(&d, &admin, &burner).await["uuid"]
