@@ -314,7 +314,13 @@ async fn lists_containers_with_properties_and_state() {
         format!("0.0.0.0:{port}"),
         "the published port: {m}"
     );
-    assert_eq!(m["connections"]["image"], IMAGE, "{m}");
+    // Podman names a local image localhost/….
+    assert!(
+        m["connections"]["image"]
+            .as_str()
+            .is_some_and(|i| i.ends_with(IMAGE)),
+        "{m}"
+    );
     let disks = m["disks"].as_array().expect("disks");
     assert!(
         disks

@@ -69,6 +69,9 @@ pub const ABI_VERSION: u32 = orchard_plugin_api::ABI_VERSION;
 
 const MIB: u64 = 1024 * 1024;
 
+/// The least time the supervisor gives an engine to answer its handshake.
+const RECONNECT_BOUND: Duration = Duration::from_secs(15);
+
 /// One engine connection.
 struct Link {
     docker: Docker,
@@ -1034,7 +1037,8 @@ impl Core {
     // ---- the supervisor ----
 
     /// Connects to the first engine that answers.
-    async fn connect(&self, generation: u64) -> Result<Link, String> {
+    /// `bound` limits the handshake with each socket (version and host figures).
+    async fn connect(&self, generation: u64, bound: Duration) -> Result<Link, String> {
         let s = &self.settings;
         // The client's own bound covers a whole stop (SIGTERM, the wait, SIGKILL).
         let client_timeout = s.stop_timeout.as_secs() + s.call_timeout.as_secs() + 30;
@@ -1051,7 +1055,7 @@ impl Core {
                     continue;
                 }
             };
-            let negotiated = tokio::time::timeout(s.call_timeout, async {
+            let negotiated = tokio::time::timeout(bound, async {
                 let docker = docker.negotiate_version().await?;
                 let info = docker.info().await?;
                 Ok::<_, bollard::errors::Error>((docker, info))
@@ -1073,7 +1077,7 @@ impl Core {
                 Ok(Err(e)) => errors.push(format!("{socket}: {e}")),
                 Err(_) => errors.push(format!(
                     "{socket}: no answer within {} s",
-                    s.call_timeout.as_secs_f64()
+                    bound.as_secs_f64()
                 )),
             }
         }
@@ -1092,7 +1096,12 @@ impl Core {
             }
             let link = match first.take() {
                 Some(l) => Ok(l),
-                None => self.connect(generation).await.map(Arc::new),
+                // A busy engine (Podman computes its `info` afresh) may take longer than one
+                // call may; the supervisor can wait.
+                None => self
+                    .connect(generation, self.settings.call_timeout.max(RECONNECT_BOUND))
+                    .await
+                    .map(Arc::new),
             };
             match link {
                 Ok(link) => {
@@ -1241,7 +1250,7 @@ impl Containers {
         // One first attempt, so that the first inventory sees the engine when it is there.
         let c = core.clone();
         let first = runtime.block_on(async move {
-            let first = c.connect(0).await;
+            let first = c.connect(0, c.settings.call_timeout).await;
             let first = match first {
                 Ok(l) => Some(l),
                 Err(e) => {
