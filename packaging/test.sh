@@ -89,23 +89,39 @@ if grep -Eq 'libvirt|docker' "$work/rpm.requires"; then
 fi
 rpm -qp --scripts "$rpm" | grep -q useradd || fail "the .rpm does not create the orchard user"
 
-# ----- the libvirt plugin's own packages -----
-pdeb=$(ls target/packages/orchard-plugin-libvirt_*.deb)
-prpm=$(ls target/packages/orchard-plugin-libvirt-[0-9]*.rpm)
-step "lintian $pdeb"
-lintian --fail-on error --info "$pdeb"
-dpkg-deb --contents "$pdeb" | grep -q -- "usr/lib/orchard/plugins/liborchard_plugin_libvirt.so\$" ||
-    fail "the plugin .deb does not hold the plugin"
-depends=$(dpkg-deb --field "$pdeb" Depends)
-echo "Depends: $depends"
-for d in libvirt0 orchard; do
-    grep -q -- "$d" <<<"$depends" || fail "the plugin .deb does not depend on $d"
-done
-rpm -qlp "$prpm" | grep -qx /usr/lib/orchard/plugins/liborchard_plugin_libvirt.so ||
-    fail "the plugin .rpm does not hold the plugin"
-rpm -qp --requires "$prpm" | grep -q libvirt || fail "the plugin .rpm does not require libvirt"
-if dpkg-deb --contents "$deb" | grep -q libvirt; then
-    fail "the orchard .deb must not carry the libvirt plugin"
+# ----- the plugins' own packages -----
+# check_plugin NAME DEB_DEPENDS RPM_REQUIRES: each package holds its library, depends on
+# orchard and on what it links (a regex), and the orchard .deb does not carry it.
+check_plugin() {
+    local name=$1 deb_needs=$2 rpm_needs=$3 pdeb prpm so depends
+    pdeb=$(ls target/packages/orchard-plugin-"$name"_*.deb)
+    prpm=$(ls target/packages/orchard-plugin-"$name"-[0-9]*.rpm)
+    so=liborchard_plugin_$name.so
+    step "lintian $pdeb"
+    lintian --fail-on error --info "$pdeb"
+    dpkg-deb --contents "$pdeb" | grep -q -- "usr/lib/orchard/plugins/$so\$" ||
+        fail "the $name plugin .deb does not hold the plugin"
+    depends=$(dpkg-deb --field "$pdeb" Depends)
+    echo "Depends: $depends"
+    for d in orchard $deb_needs; do
+        grep -q -- "$d" <<<"$depends" || fail "the $name plugin .deb does not depend on $d"
+    done
+    rpm -qlp "$prpm" | grep -qx "/usr/lib/orchard/plugins/$so" ||
+        fail "the $name plugin .rpm does not hold the plugin"
+    rpm -qp --requires "$prpm" | grep -Eq "$rpm_needs" ||
+        fail "the $name plugin .rpm does not require $rpm_needs"
+    if dpkg-deb --contents "$deb" | grep -q "$so"; then
+        fail "the orchard .deb must not carry the $name plugin"
+    fi
+}
+check_plugin libvirt libvirt0 libvirt
+# The containers plugin links no engine library (it speaks HTTP on the engine's socket): it
+# needs orchard only, and recommends an engine.
+check_plugin containers "" '^orchard'
+recommends=$(dpkg-deb --field target/packages/orchard-plugin-containers_*.deb Recommends)
+grep -q docker.io <<<"$recommends" || fail "the containers plugin .deb does not recommend docker.io"
+if rpm -qp --requires target/packages/orchard-plugin-containers-[0-9]*.rpm | grep -Eq 'docker|podman'; then
+    fail "the containers plugin .rpm must not require an engine package"
 fi
 
 # ----- install -----

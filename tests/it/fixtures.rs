@@ -177,3 +177,16 @@ pub fn libvirt_plugin() -> PathBuf {
         })
         .clone()
 }
+
+/// The containers plugin (it needs nothing from the system to build).
+pub fn containers_plugin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = cargo_build(&["orchard-plugin-containers"], "the containers plugin", "");
+            let so = profile.join("liborchard_plugin_containers.so");
+            assert!(so.is_file(), "{} was not produced", so.display());
+            so
+        })
+        .clone()
+}

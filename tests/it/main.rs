@@ -11,6 +11,7 @@ mod channels;
 mod cli;
 mod clusters;
 mod conformance;
+mod containers;
 mod fixtures;
 mod harness;
 mod libvirt;
