@@ -103,6 +103,8 @@ impl Queue {
 /// How far past its capacity a queue may grow while its socket's writes still go through
 /// (the backlog is the server's, not the client's); the hard bound on a socket's memory.
 const BACKLOG_FACTOR: usize = 8;
+/// Messages a socket's empty queue makes room for at its first push.
+const BATCH_RESERVE: usize = 16;
 
 impl Control {
     /// A control whose queue holds at most `capacity` messages.
@@ -144,6 +146,12 @@ impl Control {
                 "client too slow: send queue full",
             ));
             return false;
+        }
+        if q.items.capacity() == 0 {
+            // The first message of a batch: room for a burst in one allocation (the deque is
+            // taken whole and freed after each write, so growing 4, 8, 16… cost every batch
+            // several reallocations).
+            q.items.reserve(BATCH_RESERVE);
         }
         q.items.push_back(msg);
         true

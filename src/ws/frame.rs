@@ -454,17 +454,11 @@ mod tests {
         assert_eq!(&rest[4..], b"token expired");
     }
 
-    #[tokio::test]
-    async fn discarding_keeps_the_frame_in_progress_whole() {
-        // A pipe that takes 8 bytes, then blocks: the first frame is half written.
-        let (mut client, server) = duplex(8);
-        let mut ws = WebSocket::new(server, 1024);
-        ws.queue_text(Bytes::from_static(b"0123456789"));
-        ws.queue_text(Bytes::from_static(b"never sent"));
-        let blocked = tokio::time::timeout(std::time::Duration::from_millis(50), ws.flush()).await;
-        assert!(blocked.is_err(), "the write must block on the full pipe");
-        ws.discard_unsent();
-        ws.queue_close(4008, "slow");
+    /// Flushes everything queued while the client reads; everything the client got.
+    async fn flush_and_read_all(
+        mut ws: WebSocket<tokio::io::DuplexStream>,
+        mut client: tokio::io::DuplexStream,
+    ) -> Vec<u8> {
         let reading = tokio::spawn(async move {
             let mut all = Vec::new();
             client.read_to_end(&mut all).await.unwrap();
@@ -472,7 +466,68 @@ mod tests {
         });
         ws.flush().await.unwrap();
         drop(ws);
-        let all = reading.await.unwrap();
+        reading.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn mixed_frames_keep_their_bytes_through_short_writes() {
+        // A 7-byte pipe: every write is short, so each resumes inside a header or a payload,
+        // and more than one vectored write's worth of frames is queued.
+        let (client, server) = duplex(7);
+        let mut ws = WebSocket::new(server, 1024);
+        let big = Bytes::from((0..3000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let mut want = Vec::new();
+        for (i, msg) in [
+            Bytes::from_static(b"first"),
+            big.clone(),
+            Bytes::from_static(b"between"),
+            Bytes::from(vec![b'm'; 200]),
+            big.clone(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            want.extend_from_slice(&[
+                0x81,
+                if msg.len() < 126 {
+                    msg.len() as u8
+                } else {
+                    126
+                },
+            ]);
+            if msg.len() >= 126 {
+                want.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            }
+            want.extend_from_slice(&msg);
+            ws.queue_text(msg);
+            if i == 2 {
+                ws.queue_ping();
+                want.extend_from_slice(&[0x89, 0]);
+            }
+        }
+        for i in 0..40u8 {
+            ws.queue_text(Bytes::from(vec![i; 10]));
+            want.extend_from_slice(&[0x81, 10]);
+            want.extend_from_slice(&[i; 10]);
+        }
+        assert!(
+            flush_and_read_all(ws, client).await == want,
+            "the byte stream differs"
+        );
+    }
+
+    #[tokio::test]
+    async fn discarding_keeps_the_frame_in_progress_whole() {
+        // A pipe that takes 8 bytes, then blocks: the first frame is half written.
+        let (client, server) = duplex(8);
+        let mut ws = WebSocket::new(server, 1024);
+        ws.queue_text(Bytes::from_static(b"0123456789"));
+        ws.queue_text(Bytes::from_static(b"never sent"));
+        let blocked = tokio::time::timeout(std::time::Duration::from_millis(50), ws.flush()).await;
+        assert!(blocked.is_err(), "the write must block on the full pipe");
+        ws.discard_unsent();
+        ws.queue_close(4008, "slow");
+        let all = flush_and_read_all(ws, client).await;
         assert_eq!(&all[..12], b"\x81\x0a0123456789");
         assert_eq!(
             all[12], 0x88,

@@ -272,6 +272,15 @@ impl Hub {
     fn on_event(&self, e: &MachineEvent) {
         match e {
             MachineEvent::StatusChanged { uuid, .. } => {
+                // Most machines have no monitor: encode nothing for them (under churn this
+                // ran for every status change).
+                if self
+                    .lock_monitors()
+                    .get(uuid)
+                    .is_none_or(|set| set.is_empty())
+                {
+                    return;
+                }
                 let Some(m) = self.machines.get(*uuid) else {
                     return;
                 };

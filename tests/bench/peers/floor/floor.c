@@ -10,8 +10,8 @@
  *   floor PORT tick SIZE        one SIZE-byte DATA_DYNAMIC-shaped message per second
  *   floor PORT flood RATE SIZE [wait]
  *                               RATE event messages per second, framed in one buffer per
- *                               10 ms batch (one writev per socket per batch); with `wait`,
- *                               from the first SIGUSR2 on
+ *                               10 ms batch (one writev per socket per batch; FLOOR_BATCH_MS
+ *                               sets another window); with `wait`, from the first SIGUSR2 on
  *   floor PORT idle             nothing: for memory per idle connection
  *
  * Ticks are latest-wins per socket (a socket still writing an older tick gets only the
@@ -431,6 +431,9 @@ int main(int argc, char **argv) {
         rate = atof(argv[3]);
         size = (size_t)atol(argv[4]);
         period_ms = 10;
+        /* The batch window, for sweeps of frames per write (tests/bench/flood.sh). */
+        const char *batch = getenv("FLOOR_BATCH_MS");
+        if (batch && atol(batch) > 0) period_ms = atol(batch);
         if (argc == 6) { flooding = 0; signal(SIGUSR2, start_flood); }
     }
     else if (!strcmp(mode, "idle") && argc == 3) { period_ms = 0; }
