@@ -68,14 +68,11 @@ impl<'a> Table<'a> {
         range: impl RangeBounds<f64>,
         want: &str,
     ) -> PluginResult<Option<Duration>> {
-        self.get(key)
-            .map(|n| {
-                n.as_f64()
-                    .filter(|s| range.contains(s))
-                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .ok_or_else(|| self.bad(key, want))
-            })
-            .transpose()
+        self.parsed(key, want, |n| {
+            n.as_f64()
+                .filter(|s| range.contains(s))
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        })
     }
 
     /// A whole number within `range`; `want` says what is accepted.
@@ -85,12 +82,18 @@ impl<'a> Table<'a> {
         range: RangeInclusive<u64>,
         want: &str,
     ) -> PluginResult<Option<u64>> {
+        self.parsed(key, want, |n| n.as_u64().filter(|w| range.contains(w)))
+    }
+
+    /// Any other kind of value: `read` returns `None` for a value that is not `want`.
+    pub fn parsed<T>(
+        &self,
+        key: &str,
+        want: &str,
+        read: impl FnOnce(&Value) -> Option<T>,
+    ) -> PluginResult<Option<T>> {
         self.get(key)
-            .map(|n| {
-                n.as_u64()
-                    .filter(|w| range.contains(w))
-                    .ok_or_else(|| self.bad(key, want))
-            })
+            .map(|v| read(v).ok_or_else(|| self.bad(key, want)))
             .transpose()
     }
 }
