@@ -6,6 +6,8 @@
 //!
 //! * [`abi`] — the `#[repr(C)]` ABI, mirrored for C by `include/orchard_plugin.h`.
 //! * [`types`] — the JSON documents that cross it.
+//! * [`rules`], [`power`], [`settings`] — what backends share: the power rules and wording,
+//!   the power-transition tracker, and typed reading of a plugin's settings table.
 //! * [`Backend`] and [`export_backend!`] — write a safe Rust backend and get the
 //!   `extern "C"` shims generated, with every call guarded by `catch_unwind` (a backend that
 //!   panicked is poisoned and refuses further calls).
@@ -20,11 +22,14 @@ compile_error!("Orchard plugins must be built with panic = \"unwind\" (the defau
 pub mod abi;
 #[doc(hidden)]
 pub mod export;
+pub mod power;
 pub mod rules;
+pub mod settings;
 pub mod types;
 
 pub use abi::ABI_VERSION;
 pub use rules::{MAX_TITLE_CHARS, check_title, check_transition, status_text};
+pub use settings::Table as SettingsTable;
 pub use types::*;
 
 /// Why a call failed; maps to the ABI's status codes.

@@ -31,6 +31,19 @@ pub struct Describe {
     pub capabilities: Vec<String>,
 }
 
+impl Describe {
+    /// A backend of this protocol version: `Describe::new("name", env!("CARGO_PKG_VERSION"),
+    /// &[capability::EVENTS])`.
+    pub fn new(name: &str, version: &str, capabilities: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+}
+
 /// What `init` receives.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct InitConfig {

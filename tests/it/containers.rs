@@ -14,12 +14,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::backend_util::{backend, global, launch_with_settings};
 use crate::fixtures::containers_plugin;
 use crate::harness::{Daemon, eventually, orchard_command, run_to_exit, stderr_of, stdout_of};
 use crate::machines::{detail, list_machines, power, power_ok, wait_status};
 use crate::vms::{Got, Sock, type_in, ws_url};
 use crate::ws::LIFECYCLE;
-use crate::wsclient::{Connect, WsClient};
+use crate::wsclient::WsClient;
 
 /// Generous: tests run in parallel on two cores.
 const T: Duration = Duration::from_secs(30);
@@ -141,26 +142,18 @@ impl Drop for Cleanup {
 /// A daemon with the containers plugin only and these `[plugins.settings.containers]` lines
 /// (the engine's socket unless `settings` names one).
 fn daemon_with(settings: &str) -> Daemon {
-    let mut d = Daemon::builder()
+    let d = Daemon::builder()
         .plugin(&containers_plugin())
         .env("ORCHARD_PLUGINS_BUILTIN_SIMULATOR", "false")
         .env("ORCHARD_MACHINES_CONNECTIONS_INTERVAL", "1")
         .build();
-    let config = d.root().join("orchard.toml");
     let socket = if settings.contains("socket") {
         String::new()
     } else {
         format!("socket = \"{}\"\n", engine_socket())
     };
-    std::fs::write(
-        &config,
-        format!("[plugins.settings.containers]\n{socket}stop_timeout_seconds = 5\n{settings}\n"),
-    )
-    .expect("write the config");
-    d.push_arg("--config");
-    d.push_arg(&config.to_string_lossy());
-    d.launch();
-    d
+    let body = format!("{socket}stop_timeout_seconds = 5\n{settings}");
+    launch_with_settings(d, "containers", &body)
 }
 
 /// What most tests start with: a fresh name (its container removed at the end), a daemon,
@@ -178,7 +171,7 @@ async fn setup(prefix: &str) -> Setup {
     let cleanup = Cleanup(vec![name.clone()]);
     let d = daemon_with("");
     let admin = d.admin_token().await;
-    let g = global(&d, &admin).await;
+    let g = global(&d, &admin, T).await;
     Setup {
         name,
         d,
@@ -186,23 +179,6 @@ async fn setup(prefix: &str) -> Setup {
         g,
         _cleanup: cleanup,
     }
-}
-
-async fn backend(d: &Daemon, token: &str) -> Value {
-    let list = d.get("/api/backends", Some(token)).await.expect(200);
-    list.as_array()
-        .and_then(|l| l.iter().find(|b| b["name"] == "containers"))
-        .cloned()
-        .unwrap_or_else(|| panic!("no containers backend in {list}"))
-}
-
-async fn global(d: &Daemon, token: &str) -> WsClient {
-    let mut c = Connect::new(d, "/ws/machines/global")
-        .access_token(token)
-        .open()
-        .await;
-    c.initial(T).await;
-    c
 }
 
 /// The lifecycle event types of `uuid`, in order, up to the first that ends `phase`.
@@ -289,7 +265,7 @@ async fn lists_containers_with_properties_and_state() {
     let id = docker_ok(&["inspect", "--format", "{{.Id}}", &name]);
     let d = daemon_with("");
     let admin = d.admin_token().await;
-    let b = backend(&d, &admin).await;
+    let b = backend(&d, &admin, "containers").await;
     assert_eq!(b["status"], "loaded", "{b}");
     for cap in ["create", "delete", "console", "events"] {
         assert!(
@@ -650,7 +626,7 @@ async fn not_operational_without_an_engine_and_reconnects_when_it_comes_and_goes
     ));
     let admin = d.admin_token().await;
     let b = eventually(T, "the reason on the backend", || async {
-        let b = backend(&d, &admin).await;
+        let b = backend(&d, &admin, "containers").await;
         b["last_error"].is_string().then_some(b)
     })
     .await;

@@ -17,12 +17,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::backend_util::{backend, global, launch_with_settings};
 use crate::fixtures::libvirt_plugin;
 use crate::harness::{Daemon, eventually, orchard_command, run_to_exit, stderr_of, stdout_of};
 use crate::machines::{detail, list_machines, power, power_ok, wait_status};
 use crate::vms::{Got, Sock, type_in, ws_url};
 use crate::ws::LIFECYCLE;
-use crate::wsclient::{Connect, WsClient};
+use crate::wsclient::WsClient;
 
 /// Generous: tests run in parallel on two cores.
 const T: Duration = Duration::from_secs(20);
@@ -33,20 +34,14 @@ const TEST_DOMAIN: &str = "6695eb01-f6a4-8304-79aa-97f2502e193f";
 /// A daemon with the libvirt plugin and these settings (TOML lines of
 /// `[plugins.settings.libvirt]`), without the built-in simulator unless `simulator`.
 fn daemon_with(settings: &str, simulator: bool) -> Daemon {
-    let mut d = Daemon::builder()
+    let d = Daemon::builder()
         .plugin(&libvirt_plugin())
         .env(
             "ORCHARD_PLUGINS_BUILTIN_SIMULATOR",
             if simulator { "true" } else { "false" },
         )
         .build();
-    let config = d.root().join("orchard.toml");
-    std::fs::write(&config, format!("[plugins.settings.libvirt]\n{settings}\n"))
-        .expect("write the config");
-    d.push_arg("--config");
-    d.push_arg(&config.to_string_lossy());
-    d.launch();
-    d
+    launch_with_settings(d, "libvirt", settings)
 }
 
 fn test_daemon() -> Daemon {
@@ -54,23 +49,6 @@ fn test_daemon() -> Daemon {
         "uri = \"test:///default\"\nshutdown_timeout_seconds = 5\ndisk_gib = 1",
         false,
     )
-}
-
-async fn backend(d: &Daemon, token: &str) -> Value {
-    let list = d.get("/api/backends", Some(token)).await.expect(200);
-    list.as_array()
-        .and_then(|l| l.iter().find(|b| b["name"] == "libvirt"))
-        .cloned()
-        .unwrap_or_else(|| panic!("no libvirt backend in {list}"))
-}
-
-async fn global(d: &Daemon, token: &str) -> WsClient {
-    let mut c = Connect::new(d, "/ws/machines/global")
-        .access_token(token)
-        .open()
-        .await;
-    c.initial(T).await;
-    c
 }
 
 /// Reads lifecycle events of `uuid` until `{phase}_SUCCESS` or `{phase}_FAIL`; returns their
@@ -113,7 +91,7 @@ fn virsh(uri: &str, args: &[&str]) -> std::process::Output {
 async fn lists_domains_with_properties_and_state() {
     let d = test_daemon();
     let admin = d.admin_token().await;
-    let b = backend(&d, &admin).await;
+    let b = backend(&d, &admin, "libvirt").await;
     assert_eq!(b["status"], "loaded", "{b}");
     for cap in ["create", "delete", "metadata", "disks", "console", "events"] {
         assert!(
@@ -161,7 +139,7 @@ async fn lists_domains_with_properties_and_state() {
 async fn every_action_emits_its_lifecycle_events() {
     let d = test_daemon();
     let admin = d.admin_token().await;
-    let mut g = global(&d, &admin).await;
+    let mut g = global(&d, &admin, T).await;
 
     let m = d
         .post(
@@ -278,7 +256,7 @@ async fn create_refuses_bad_specs_and_delete_a_running_machine() {
         .await;
     r.expect_any_error(400);
     // The running test domain is deleted too (destroyed, then undefined).
-    let mut g = global(&d, &admin).await;
+    let mut g = global(&d, &admin, T).await;
     d.delete(&format!("/api/machines/{TEST_DOMAIN}"), Some(&admin))
         .await
         .expect(204);
@@ -308,7 +286,7 @@ async fn a_bad_uri_is_reported_and_the_daemon_keeps_running() {
         true,
     );
     let admin = d.admin_token().await;
-    let b = backend(&d, &admin).await;
+    let b = backend(&d, &admin, "libvirt").await;
     assert_eq!(b["status"], "failed", "{b}");
     let why = b["last_error"].as_str().unwrap_or_default();
     assert!(
@@ -567,7 +545,7 @@ async fn a_tcg_guest_boots_with_its_console_and_shuts_down() {
         false,
     );
     let admin = d.admin_token().await;
-    let b = backend(&d, &admin).await;
+    let b = backend(&d, &admin, "libvirt").await;
     assert_eq!(b["status"], "loaded", "{b}");
     let uuid = eventually(T, "the guest in the machine list", || async {
         list_machines(&d, &admin)
@@ -577,7 +555,7 @@ async fn a_tcg_guest_boots_with_its_console_and_shuts_down() {
             .and_then(|m| m["uuid"].as_str().map(str::to_owned))
     })
     .await;
-    let mut g = global(&d, &admin).await;
+    let mut g = global(&d, &admin, T).await;
     power_ok(&d, &admin, &uuid, "start").await;
     assert_eq!(
         lifecycle(&mut g, &uuid, "BOOTUP").await,
@@ -667,7 +645,7 @@ async fn restart_libvirtd(d: &Daemon, admin: &str, uuid: &str) {
     })
     .await;
     assert!(why.contains("error"), "{why}");
-    let b = backend(d, admin).await;
+    let b = backend(d, admin, "libvirt").await;
     let last = b["last_error"].as_str().unwrap_or_default().to_owned();
     assert!(last.contains("not connected to libvirt"), "{b}");
     let out = Command::new("libvirtd")

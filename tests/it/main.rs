@@ -7,6 +7,7 @@ mod abuse;
 mod agents;
 mod apidocs;
 mod auth;
+mod backend_util;
 mod channels;
 mod cli;
 mod clusters;

@@ -54,10 +54,11 @@ use bollard::query_parameters::{
     StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, stream};
+use orchard_plugin_api::power::{self, OffWording, Pending, is_off};
 use orchard_plugin_api::{
     Backend, ConsoleOpened, CreateSpec, Describe, DiskInfo, Event, Host, InitConfig, LogLevel,
-    MachineConnections, MachineInfo, MachineKind, MachineState, MachineStatus, PROTOCOL_VERSION,
-    PluginError, PluginResult, PowerAction, capability, check_title, check_transition,
+    MachineConnections, MachineInfo, MachineKind, MachineState, MachineStatus, PluginError,
+    PluginResult, PowerAction, capability, check_title, check_transition,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -83,27 +84,11 @@ struct Link {
     generation: u64,
 }
 
-/// A transition Orchard asked for and has not seen finish.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Pending {
-    #[default]
-    None,
-    Boot,
-    Shutdown {
-        restart: bool,
-    },
-    /// Killed; what it interrupted is closed with a failure once the container is off.
-    ForceOff {
-        interrupted: Interrupted,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Interrupted {
-    Nothing,
-    Boot,
-    Shutdown,
-}
+/// How a kill words the transition it interrupted.
+const KILLED: OffWording = OffWording {
+    boot_interrupted: "start interrupted: the container was killed",
+    shutdown_interrupted: "stop interrupted: the container was killed",
+};
 
 #[derive(Default)]
 struct Track {
@@ -183,23 +168,14 @@ fn de(what: &str, e: bollard::errors::Error) -> PluginError {
     }
 }
 
-fn is_off(s: MachineStatus) -> bool {
-    matches!(s, MachineStatus::Stopped | MachineStatus::Error)
-}
-
 /// The status Orchard reports: the engine's, overlaid with a transition under way.
 fn effective(raw: MachineStatus, t: Option<&Track>) -> MachineStatus {
-    let pending = t.map(|t| t.pending).unwrap_or_default();
-    match pending {
-        Pending::Boot if is_off(raw) => MachineStatus::Booting,
-        Pending::Shutdown { .. } if !is_off(raw) => MachineStatus::ShuttingDown,
-        // An exit this plugin reported as a failure stays an error until the next start.
-        _ if raw == MachineStatus::Stopped
-            && t.is_some_and(|t| t.last == Some(MachineStatus::Error)) =>
-        {
-            MachineStatus::Error
-        }
-        _ => raw,
+    let status = t.map(|t| t.pending).unwrap_or_default().overlay(raw);
+    // An exit this plugin reported as a failure stays an error until the next start.
+    if status == MachineStatus::Stopped && t.is_some_and(|t| t.last == Some(MachineStatus::Error)) {
+        MachineStatus::Error
+    } else {
+        status
     }
 }
 
@@ -537,22 +513,7 @@ impl Core {
         let pending = std::mem::take(&mut t.pending);
         t.killed = false;
         t.oom = false;
-        if pending != Pending::Boot {
-            self.emit(
-                st,
-                Event::BootStart {
-                    uuid: uuid.to_owned(),
-                },
-            );
-            self.status(st, uuid, MachineStatus::Booting);
-        }
-        self.status(st, uuid, MachineStatus::Running);
-        self.emit(
-            st,
-            Event::BootSuccess {
-                uuid: uuid.to_owned(),
-            },
-        );
+        self.apply(st, uuid, power::started(pending, uuid));
     }
 
     /// The container exited with `code`: closes what was under way.
@@ -576,81 +537,51 @@ impl Core {
         } else {
             MachineStatus::Stopped
         };
-        let u = uuid.to_owned();
-        match pending {
-            Pending::None => {
-                // Nobody here asked: the container's own exit, or a stop from outside.
-                self.emit(st, Event::ShutdownStart { uuid: u.clone() });
-                self.status(st, uuid, MachineStatus::ShuttingDown);
-                self.status(st, uuid, off);
-                match failure {
-                    Some(error) => self.emit(st, Event::ShutdownFail { uuid: u, error }),
-                    None => self.emit(st, Event::ShutdownSuccess { uuid: u }),
-                }
+        if pending == Pending::None {
+            // Nobody here asked: the container's own exit, or a stop from outside.
+            let u = uuid.to_owned();
+            self.emit(st, Event::ShutdownStart { uuid: u.clone() });
+            self.status(st, uuid, MachineStatus::ShuttingDown);
+            self.status(st, uuid, off);
+            match failure {
+                Some(error) => self.emit(st, Event::ShutdownFail { uuid: u, error }),
+                None => self.emit(st, Event::ShutdownSuccess { uuid: u }),
             }
-            Pending::Boot => {
-                self.status(st, uuid, off);
-                self.emit(
-                    st,
-                    Event::BootFail {
-                        uuid: u,
-                        error: failure.unwrap_or_else(|| {
-                            format!("the container stopped while starting (exit code {code})")
-                        }),
-                    },
-                );
-            }
-            Pending::Shutdown { restart } => {
-                self.status(st, uuid, off);
-                self.emit(st, Event::ShutdownSuccess { uuid: u.clone() });
-                if restart {
-                    self.begin_boot(st, &u);
-                    self.spawn_start(u);
-                }
-            }
-            Pending::ForceOff { interrupted } => {
-                self.status(st, uuid, off);
-                match interrupted {
-                    Interrupted::Nothing => {}
-                    Interrupted::Boot => self.emit(
-                        st,
-                        Event::BootFail {
-                            uuid: u,
-                            error: "start interrupted: the container was killed".into(),
-                        },
-                    ),
-                    Interrupted::Shutdown => self.emit(
-                        st,
-                        Event::ShutdownFail {
-                            uuid: u,
-                            error: "stop interrupted: the container was killed".into(),
-                        },
-                    ),
-                }
-            }
+            return;
+        }
+        let boot_failure = || {
+            failure.unwrap_or_else(|| {
+                format!("the container stopped while starting (exit code {code})")
+            })
+        };
+        let steps = power::stopped(pending, uuid, off, boot_failure, &KILLED);
+        self.apply(st, uuid, steps);
+    }
+
+    /// Takes the tracker's steps; a restart due begins a boot and starts the container.
+    fn apply(&self, st: &mut State, uuid: &str, steps: Vec<power::Step>) {
+        if power::apply(
+            steps,
+            st,
+            |st, e| self.emit(st, e),
+            |st, s| self.status(st, uuid, s),
+        ) {
+            self.begin_boot(st, uuid);
+            self.spawn_start(uuid.to_owned());
         }
     }
 
     fn begin_boot(&self, st: &mut State, uuid: &str) {
-        st.tracks.entry(uuid.to_owned()).or_default().pending = Pending::Boot;
-        self.emit(
-            st,
-            Event::BootStart {
-                uuid: uuid.to_owned(),
-            },
-        );
-        self.status(st, uuid, MachineStatus::Booting);
+        let (pending, steps) = power::begin_boot(uuid);
+        st.tracks.entry(uuid.to_owned()).or_default().pending = pending;
+        self.apply(st, uuid, steps);
     }
 
     fn begin_shutdown(&self, st: &mut State, uuid: &str, restart: bool) {
-        st.tracks.entry(uuid.to_owned()).or_default().pending = Pending::Shutdown { restart };
-        self.emit(
-            st,
-            Event::ShutdownStart {
-                uuid: uuid.to_owned(),
-            },
-        );
-        self.status(st, uuid, MachineStatus::ShuttingDown);
+        // No generation: the engine itself kills a container that does not stop in time.
+        let (pending, steps) = power::begin_shutdown(uuid, restart, 0);
+        st.tracks.entry(uuid.to_owned()).or_default().pending = pending;
+        self.apply(st, uuid, steps);
     }
 
     /// A transition that could not even begin: back to what the engine says, with the
@@ -673,13 +604,9 @@ impl Core {
         if let Some(actual) = actual {
             self.status(st, uuid, actual);
         }
-        let u = uuid.to_owned();
-        match pending {
-            Pending::Boot => self.emit(st, Event::BootFail { uuid: u, error }),
-            Pending::Shutdown { .. } => self.emit(st, Event::ShutdownFail { uuid: u, error }),
-            Pending::ForceOff { .. } | Pending::None => {
-                self.log(LogLevel::Warn, &format!("machine {u}: {error}"));
-            }
+        match power::aborted(pending, uuid, error) {
+            Ok(event) => self.emit(st, event),
+            Err(error) => self.log(LogLevel::Warn, &format!("machine {uuid}: {error}")),
         }
     }
 
@@ -786,14 +713,7 @@ impl Core {
                 })?;
             }
             PowerAction::ForceOff => {
-                let interrupted = match pending {
-                    Pending::Boot => Interrupted::Boot,
-                    Pending::Shutdown { .. } => Interrupted::Shutdown,
-                    Pending::ForceOff { interrupted } => interrupted,
-                    Pending::None => Interrupted::Nothing,
-                };
-                st.tracks.entry(uuid.to_owned()).or_default().pending =
-                    Pending::ForceOff { interrupted };
+                st.tracks.entry(uuid.to_owned()).or_default().pending = pending.force_off();
                 drop(guard);
                 self.spawn_action(uuid.to_owned(), move |_, link, _| async move {
                     let opts = KillContainerOptionsBuilder::default()
@@ -1192,14 +1112,10 @@ impl Core {
         }
         for (uuid, _, raw) in &list {
             let t = st.tracks.entry(uuid.clone()).or_default();
-            match t.pending {
-                Pending::Boot if *raw == MachineStatus::Running => self.started(st, uuid),
-                Pending::Shutdown { .. } | Pending::ForceOff { .. } | Pending::Boot
-                    if is_off(*raw) =>
-                {
-                    self.stopped_now(st, uuid, 0)
-                }
-                _ => {
+            match t.pending.settled_by(*raw) {
+                Some(true) => self.started(st, uuid),
+                Some(false) => self.stopped_now(st, uuid, 0),
+                None => {
                     let s = effective(*raw, st.tracks.get(uuid));
                     self.status(st, uuid, s)
                 }
@@ -1316,20 +1232,17 @@ impl Drop for Containers {
 
 impl Backend for Containers {
     fn describe() -> Describe {
-        Describe {
-            name: "containers".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            protocol_version: PROTOCOL_VERSION,
-            capabilities: [
+        Describe::new(
+            "containers",
+            env!("CARGO_PKG_VERSION"),
+            &[
                 capability::CREATE,
                 capability::DELETE,
                 capability::CONNECTIONS,
                 capability::CONSOLE,
                 capability::EVENTS,
-            ]
-            .map(String::from)
-            .to_vec(),
-        }
+            ],
+        )
     }
 
     fn init(config: InitConfig, host: Host) -> PluginResult<Self> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orchard_plugin_api::{PluginError, PluginResult};
+use orchard_plugin_api::{PluginResult, SettingsTable};
 use serde_json::Value;
 
 /// Where an engine is looked for when `socket` is not set: Docker's socket, then Podman's
@@ -46,80 +46,46 @@ impl Default for Settings {
     }
 }
 
-fn bad(key: &str, want: &str) -> PluginError {
-    PluginError::InvalidArgument(format!("containers setting {key} must be {want}"))
-}
-
-fn string(v: &Value, key: &str) -> PluginResult<Option<String>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(_) => Err(bad(key, "a non-empty string")),
-    }
-}
-
-fn strings(v: &Value, key: &str) -> PluginResult<Option<Vec<String>>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) if !a.is_empty() => a
-            .iter()
-            .map(|x| x.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .map(Some)
-            .ok_or_else(|| bad(key, "a non-empty array of strings")),
-        Some(_) => Err(bad(key, "a non-empty array of strings")),
-    }
-}
-
-fn seconds(v: &Value, key: &str, max: f64) -> PluginResult<Option<Duration>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(n) => n
-            .as_f64()
-            .filter(|s| s.is_finite() && *s >= 0.0 && *s <= max)
-            .map(|s| Some(Duration::from_secs_f64(s)))
-            .ok_or_else(|| bad(key, &format!("a number of seconds from 0 to {max}"))),
-    }
+/// A number of seconds from 0 to `max`.
+fn seconds(t: &SettingsTable, key: &str, max: f64) -> PluginResult<Option<Duration>> {
+    t.seconds(
+        key,
+        0.0..=max,
+        &format!("a number of seconds from 0 to {max}"),
+    )
 }
 
 impl Settings {
     pub fn from_json(v: &Value) -> PluginResult<Self> {
-        if !v.is_object() && !v.is_null() {
-            return Err(PluginError::InvalidArgument(
-                "containers settings must be a table".into(),
-            ));
-        }
+        let t = SettingsTable::new("containers", v)?;
         let mut s = Self::default();
-        if let Some(socket) = string(v, "socket")? {
+        if let Some(socket) = t.string("socket")? {
             let path = socket.strip_prefix("unix://").unwrap_or(&socket).to_owned();
             if !path.starts_with('/') {
-                return Err(bad("socket", "an absolute path (unix://PATH or PATH)"));
+                return Err(t.bad("socket", "an absolute path (unix://PATH or PATH)"));
             }
             s.sockets = vec![path];
         }
-        if let Some(d) = seconds(v, "stop_timeout_seconds", 3600.0)? {
+        if let Some(d) = seconds(&t, "stop_timeout_seconds", 3600.0)? {
             s.stop_timeout = Duration::from_secs(d.as_secs());
         }
-        if let Some(d) = seconds(v, "reconnect_seconds", 3600.0)? {
+        if let Some(d) = seconds(&t, "reconnect_seconds", 3600.0)? {
             s.reconnect_interval = d.max(Duration::from_millis(100));
         }
-        if let Some(d) = seconds(v, "call_timeout_seconds", 60.0)? {
+        if let Some(d) = seconds(&t, "call_timeout_seconds", 60.0)? {
             s.call_timeout = d.max(Duration::from_millis(100));
         }
-        s.image = string(v, "image")?;
-        s.command = strings(v, "command")?;
-        if let Some(c) = strings(v, "console_command")? {
+        s.image = t.string("image")?;
+        s.command = t.strings("command")?;
+        if let Some(c) = t.strings("console_command")? {
             s.console_command = c;
         }
-        match v.get("stats_concurrency") {
-            None | Some(Value::Null) => {}
-            Some(n) => {
-                s.stats_concurrency = n
-                    .as_u64()
-                    .filter(|c| (1..=1024).contains(c))
-                    .map(|c| c as usize)
-                    .ok_or_else(|| bad("stats_concurrency", "a whole number from 1 to 1024"))?
-            }
+        if let Some(n) = t.whole(
+            "stats_concurrency",
+            1..=1024,
+            "a whole number from 1 to 1024",
+        )? {
+            s.stats_concurrency = n as usize;
         }
         Ok(s)
     }

@@ -41,11 +41,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use orchard_plugin_api::power::{self, OffWording, Pending, is_off};
 use orchard_plugin_api::{
     Backend, ConsoleOpened, CreateSpec, Describe, DiskInfo, DiskUsage, Event, Host, InitConfig,
     LogLevel, MachineConnections, MachineDisks, MachineInfo, MachineKind, MachineState,
-    MachineStatus, MetadataUpdate, PROTOCOL_VERSION, PluginError, PluginResult, PowerAction,
-    capability, check_title, check_transition,
+    MachineStatus, MetadataUpdate, PluginError, PluginResult, PowerAction, capability, check_title,
+    check_transition,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -95,28 +96,11 @@ enum Work {
     Stop,
 }
 
-/// A transition Orchard asked for and has not seen finish.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Pending {
-    #[default]
-    None,
-    Boot,
-    Shutdown {
-        restart: bool,
-        generation: u64,
-    },
-    /// Forced off; what it interrupted is closed with a failure once the machine is off.
-    ForceOff {
-        interrupted: Interrupted,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Interrupted {
-    Nothing,
-    Boot,
-    Shutdown,
-}
+/// How a force-off words the transition it interrupted.
+const FORCED_OFF: OffWording = OffWording {
+    boot_interrupted: "boot interrupted: the machine was forced off",
+    shutdown_interrupted: "shutdown interrupted: the machine was forced off",
+};
 
 #[derive(Default)]
 struct Track {
@@ -227,19 +211,6 @@ fn map_state(state: u32, reason: u32) -> MachineStatus {
             MachineStatus::Error
         }
         _ => MachineStatus::Stopped,
-    }
-}
-
-fn is_off(s: MachineStatus) -> bool {
-    matches!(s, MachineStatus::Stopped | MachineStatus::Error)
-}
-
-/// The status Orchard reports: libvirt's, overlaid with a transition under way.
-fn effective(raw: MachineStatus, pending: Pending) -> MachineStatus {
-    match pending {
-        Pending::Boot if is_off(raw) => MachineStatus::Booting,
-        Pending::Shutdown { .. } if !is_off(raw) => MachineStatus::ShuttingDown,
-        _ => raw,
     }
 }
 
@@ -477,16 +448,7 @@ impl Core {
                 // The guest shut itself down: a shutdown nobody asked for.
                 let t = st.tracks.entry(uuid.clone()).or_default();
                 if t.pending == Pending::None {
-                    st.next_generation += 1;
-                    let generation = st.next_generation;
-                    if let Some(t) = st.tracks.get_mut(&uuid) {
-                        t.pending = Pending::Shutdown {
-                            restart: false,
-                            generation,
-                        };
-                    }
-                    self.emit(st, Event::ShutdownStart { uuid: uuid.clone() });
-                    self.status(st, &uuid, MachineStatus::ShuttingDown);
+                    self.begin_shutdown(st, &uuid, false);
                 }
             }
             EV_STOPPED => {
@@ -504,22 +466,7 @@ impl Core {
         let t = st.tracks.entry(uuid.to_owned()).or_default();
         let pending = std::mem::take(&mut t.pending);
         t.booted_at = Some(now_iso());
-        if pending != Pending::Boot {
-            self.emit(
-                st,
-                Event::BootStart {
-                    uuid: uuid.to_owned(),
-                },
-            );
-            self.status(st, uuid, MachineStatus::Booting);
-        }
-        self.status(st, uuid, MachineStatus::Running);
-        self.emit(
-            st,
-            Event::BootSuccess {
-                uuid: uuid.to_owned(),
-            },
-        );
+        self.apply(st, uuid, power::started(pending, uuid));
     }
 
     /// The domain is off now: closes what was under way.
@@ -532,69 +479,33 @@ impl Core {
             MachineStatus::Stopped
         };
         self.end_sessions_of(st, uuid);
-        self.status(st, uuid, off);
-        let u = uuid.to_owned();
-        match pending {
-            Pending::None => {}
-            Pending::Boot => self.emit(
-                st,
-                Event::BootFail {
-                    uuid: u,
-                    error: "the machine stopped while booting".into(),
-                },
-            ),
-            Pending::Shutdown { restart, .. } => {
-                self.emit(st, Event::ShutdownSuccess { uuid: u.clone() });
-                if restart {
-                    self.begin_boot(st, &u);
-                    self.spawn_start(u);
-                }
-            }
-            Pending::ForceOff { interrupted } => match interrupted {
-                Interrupted::Nothing => {}
-                Interrupted::Boot => self.emit(
-                    st,
-                    Event::BootFail {
-                        uuid: u,
-                        error: "boot interrupted: the machine was forced off".into(),
-                    },
-                ),
-                Interrupted::Shutdown => self.emit(
-                    st,
-                    Event::ShutdownFail {
-                        uuid: u,
-                        error: "shutdown interrupted: the machine was forced off".into(),
-                    },
-                ),
-            },
+        let boot_failure = || "the machine stopped while booting".to_owned();
+        let steps = power::stopped(pending, uuid, off, boot_failure, &FORCED_OFF);
+        self.apply(st, uuid, steps);
+    }
+
+    /// Takes the tracker's steps; a restart due begins a boot and starts the domain.
+    fn apply(&self, st: &mut State, uuid: &str, steps: Vec<power::Step>) {
+        let status = |st: &mut State, s| self.status(st, uuid, s);
+        if power::apply(steps, st, |st, e| self.emit(st, e), status) {
+            self.begin_boot(st, uuid);
+            self.spawn_start(uuid.to_owned());
         }
     }
 
     fn begin_boot(&self, st: &mut State, uuid: &str) {
-        st.tracks.entry(uuid.to_owned()).or_default().pending = Pending::Boot;
-        self.emit(
-            st,
-            Event::BootStart {
-                uuid: uuid.to_owned(),
-            },
-        );
-        self.status(st, uuid, MachineStatus::Booting);
+        let (pending, steps) = power::begin_boot(uuid);
+        st.tracks.entry(uuid.to_owned()).or_default().pending = pending;
+        self.apply(st, uuid, steps);
     }
 
+    /// Returns the shutdown's generation, which its waiting thread checks.
     fn begin_shutdown(&self, st: &mut State, uuid: &str, restart: bool) -> u64 {
         st.next_generation += 1;
         let generation = st.next_generation;
-        st.tracks.entry(uuid.to_owned()).or_default().pending = Pending::Shutdown {
-            restart,
-            generation,
-        };
-        self.emit(
-            st,
-            Event::ShutdownStart {
-                uuid: uuid.to_owned(),
-            },
-        );
-        self.status(st, uuid, MachineStatus::ShuttingDown);
+        let (pending, steps) = power::begin_shutdown(uuid, restart, generation);
+        st.tracks.entry(uuid.to_owned()).or_default().pending = pending;
+        self.apply(st, uuid, steps);
         generation
     }
 
@@ -614,13 +525,9 @@ impl Core {
         if let Some(actual) = actual {
             self.status(st, uuid, actual);
         }
-        let u = uuid.to_owned();
-        match pending {
-            Pending::Boot => self.emit(st, Event::BootFail { uuid: u, error }),
-            Pending::Shutdown { .. } => self.emit(st, Event::ShutdownFail { uuid: u, error }),
-            Pending::ForceOff { .. } | Pending::None => {
-                self.log(LogLevel::Warn, &format!("machine {u}: {error}"));
-            }
+        match power::aborted(pending, uuid, error) {
+            Ok(event) => self.emit(st, event),
+            Err(error) => self.log(LogLevel::Warn, &format!("machine {uuid}: {error}")),
         }
         drop(guard);
         self.changed.notify_all();
@@ -716,7 +623,7 @@ impl Core {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         let pending = st.tracks.get(uuid).map(|t| t.pending).unwrap_or_default();
-        check_transition(effective(raw, pending), action)?;
+        check_transition(pending.overlay(raw), action)?;
         match action {
             PowerAction::Start => {
                 self.begin_boot(st, uuid);
@@ -742,14 +649,7 @@ impl Core {
                 r.map_err(|e| lv("cannot resume", e))?;
             }
             PowerAction::ForceOff => {
-                let interrupted = match pending {
-                    Pending::Boot => Interrupted::Boot,
-                    Pending::Shutdown { .. } => Interrupted::Shutdown,
-                    Pending::ForceOff { interrupted } => interrupted,
-                    Pending::None => Interrupted::Nothing,
-                };
-                st.tracks.entry(uuid.to_owned()).or_default().pending =
-                    Pending::ForceOff { interrupted };
+                st.tracks.entry(uuid.to_owned()).or_default().pending = pending.force_off();
                 drop(guard);
                 let u = uuid.to_owned();
                 self.spawn_action("force-off", move |core| {
@@ -951,14 +851,10 @@ impl Core {
         let st = &mut *guard;
         for (uuid, raw) in states {
             let pending = st.tracks.get(&uuid).map(|t| t.pending).unwrap_or_default();
-            match pending {
-                Pending::Boot if raw == MachineStatus::Running => self.started(st, &uuid),
-                Pending::Shutdown { .. } | Pending::ForceOff { .. } | Pending::Boot
-                    if is_off(raw) =>
-                {
-                    self.stopped_now(st, &uuid, raw == MachineStatus::Error)
-                }
-                _ => self.status(st, &uuid, effective(raw, pending)),
+            match pending.settled_by(raw) {
+                Some(true) => self.started(st, &uuid),
+                Some(false) => self.stopped_now(st, &uuid, raw == MachineStatus::Error),
+                None => self.status(st, &uuid, pending.overlay(raw)),
             }
         }
         drop(guard);
@@ -1129,11 +1025,10 @@ fn sum(s: &ffi::Stats, count_key: &str, prefix: &str, suffix: &str) -> u64 {
 
 impl Backend for Libvirt {
     fn describe() -> Describe {
-        Describe {
-            name: "libvirt".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            protocol_version: PROTOCOL_VERSION,
-            capabilities: [
+        Describe::new(
+            "libvirt",
+            env!("CARGO_PKG_VERSION"),
+            &[
                 capability::CREATE,
                 capability::DELETE,
                 capability::METADATA,
@@ -1141,10 +1036,8 @@ impl Backend for Libvirt {
                 capability::CONNECTIONS,
                 capability::CONSOLE,
                 capability::EVENTS,
-            ]
-            .map(String::from)
-            .to_vec(),
-        }
+            ],
+        )
     }
 
     fn init(config: InitConfig, host: Host) -> PluginResult<Self> {
@@ -1199,7 +1092,7 @@ impl Backend for Libvirt {
                 r.u64("state.reason").unwrap_or(0) as u32,
             );
             let t = st.tracks.entry(r.uuid.clone()).or_default();
-            let status = effective(raw, t.pending);
+            let status = t.pending.overlay(raw);
             let active = !is_off(raw);
             let vcpu = r
                 .u64("vcpu.current")

@@ -1,9 +1,10 @@
 //! `[plugins.settings.libvirt]`: every key optional, unknown keys ignored, a key of the wrong
 //! type refused.
 
+use std::ops::Bound;
 use std::time::Duration;
 
-use orchard_plugin_api::{PluginError, PluginResult};
+use orchard_plugin_api::{PluginResult, SettingsTable};
 use serde_json::Value;
 
 /// What `delete` removes besides the domain definition.
@@ -49,68 +50,42 @@ impl Default for Settings {
     }
 }
 
-fn bad(key: &str, want: &str) -> PluginError {
-    PluginError::InvalidArgument(format!("libvirt setting {key} must be {want}"))
-}
-
-fn string(v: &Value, key: &str) -> PluginResult<Option<String>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(_) => Err(bad(key, "a non-empty string")),
-    }
-}
-
-fn seconds(v: &Value, key: &str) -> PluginResult<Option<Duration>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(n) => n
-            .as_f64()
-            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-            .map(|s| Some(Duration::from_secs_f64(s)))
-            .ok_or_else(|| bad(key, "a number of seconds above 0")),
-    }
+/// A number of seconds above 0 (at most a day).
+fn seconds(t: &SettingsTable, key: &str) -> PluginResult<Option<Duration>> {
+    let above_zero = (Bound::Excluded(0.0), Bound::Included(86_400.0));
+    t.seconds(key, above_zero, "a number of seconds above 0")
 }
 
 impl Settings {
     pub fn from_json(v: &Value) -> PluginResult<Self> {
-        if !v.is_object() && !v.is_null() {
-            return Err(PluginError::InvalidArgument(
-                "libvirt settings must be a table".into(),
-            ));
-        }
+        let t = SettingsTable::new("libvirt", v)?;
         let mut s = Self::default();
-        if let Some(uri) = string(v, "uri")? {
+        if let Some(uri) = t.string("uri")? {
             s.uri = uri;
         }
-        if let Some(d) = seconds(v, "shutdown_timeout_seconds")? {
+        if let Some(d) = seconds(&t, "shutdown_timeout_seconds")? {
             s.shutdown_timeout = d;
         }
-        if let Some(d) = seconds(v, "reconnect_seconds")? {
+        if let Some(d) = seconds(&t, "reconnect_seconds")? {
             s.reconnect_interval = d;
         }
-        s.pool = string(v, "pool")?;
-        match v.get("disk_gib") {
-            None | Some(Value::Null) => {}
-            Some(n) => {
-                s.disk_gib = n
-                    .as_u64()
-                    .filter(|g| *g <= 65_536)
-                    .ok_or_else(|| bad("disk_gib", "a whole number of GiB (0 = no disk)"))?
-            }
+        s.pool = t.string("pool")?;
+        let disk_gib = "a whole number of GiB (0 = no disk)";
+        if let Some(g) = t.whole("disk_gib", 0..=65_536, disk_gib)? {
+            s.disk_gib = g;
         }
-        s.disk_image = string(v, "disk_image")?;
-        if let Some(f) = string(v, "disk_image_format")? {
+        s.disk_image = t.string("disk_image")?;
+        if let Some(f) = t.string("disk_image_format")? {
             s.disk_image_format = f;
         }
-        s.network = string(v, "network")?;
-        s.domain_type = string(v, "domain_type")?;
-        if let Some(d) = string(v, "delete_volumes")? {
+        s.network = t.string("network")?;
+        s.domain_type = t.string("domain_type")?;
+        if let Some(d) = t.string("delete_volumes")? {
             s.delete_volumes = match d.as_str() {
                 "created" => DeleteVolumes::Created,
                 "all" => DeleteVolumes::All,
                 "none" => DeleteVolumes::None,
-                _ => return Err(bad("delete_volumes", "\"created\", \"all\" or \"none\"")),
+                _ => return Err(t.bad("delete_volumes", "\"created\", \"all\" or \"none\"")),
             };
         }
         Ok(s)

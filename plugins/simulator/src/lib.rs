@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use orchard_plugin_api::{
     Backend, ConsoleOpened, CreateSpec, Describe, Event, Host, InitConfig, LogLevel,
     MachineConnections, MachineDisks, MachineInfo, MachineKind, MachineState, MachineStatus,
-    MetadataUpdate, PROTOCOL_VERSION, PluginError, PluginResult, PowerAction, capability,
-    check_title, check_transition,
+    MetadataUpdate, PluginError, PluginResult, PowerAction, capability, check_title,
+    check_transition,
 };
 
 use console::Session;
@@ -651,11 +651,10 @@ impl Drop for Simulator {
 
 impl Backend for Simulator {
     fn describe() -> Describe {
-        Describe {
-            name: "simulator".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            protocol_version: PROTOCOL_VERSION,
-            capabilities: [
+        Describe::new(
+            "simulator",
+            env!("CARGO_PKG_VERSION"),
+            &[
                 capability::CREATE,
                 capability::DELETE,
                 capability::METADATA,
@@ -663,10 +662,8 @@ impl Backend for Simulator {
                 capability::CONNECTIONS,
                 capability::CONSOLE,
                 capability::EVENTS,
-            ]
-            .map(String::from)
-            .to_vec(),
-        }
+            ],
+        )
     }
 
     fn init(config: InitConfig, host: Host) -> PluginResult<Self> {
