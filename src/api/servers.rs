@@ -14,7 +14,7 @@ use crate::model::now_iso;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(super) struct CreateBody {
     name: String,
 }
 
