@@ -10,6 +10,7 @@ mod channels;
 mod cli;
 mod clusters;
 mod conformance;
+mod faults;
 mod fixtures;
 mod harness;
 mod libvirt;
