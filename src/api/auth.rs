@@ -11,7 +11,7 @@ use crate::db::{AuditEntry, UserChange};
 use crate::error::{Error, Result};
 
 #[derive(Deserialize)]
-struct LoginBody {
+pub(super) struct LoginBody {
     username: String,
     password: String,
 }

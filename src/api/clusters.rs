@@ -10,7 +10,7 @@ use crate::error::Result;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(super) struct CreateBody {
     name: String,
     #[serde(default)]
     machines: Vec<String>,
@@ -20,7 +20,7 @@ struct CreateBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PatchBody {
+pub(super) struct PatchBody {
     machines: Option<Vec<String>>,
     addons: Option<Vec<String>>,
 }

@@ -87,7 +87,7 @@ pub async fn get(req: Request) -> Result<Response> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(super) struct CreateBody {
     backend: Option<String>,
     title: String,
     vcpu: u32,
@@ -144,7 +144,7 @@ pub async fn create(req: Request) -> Result<Response> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PatchBody {
+pub(super) struct PatchBody {
     title: Option<String>,
     description: Option<String>,
     tags: Option<Vec<String>>,
@@ -222,7 +222,7 @@ pub async fn power(req: Request) -> Result<Response> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OwnerBody {
+pub(super) struct OwnerBody {
     /// A user uuid or username; null clears the owner.
     user: Option<String>,
 }

@@ -82,6 +82,34 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// The stateless part of serving a request, for the fuzz target (`crate::fuzz`): the route
+/// of `method` and `target` (path and query), its path parameters, the query as logged, and
+/// the body decoded as that route's handler decodes it.
+pub fn fuzz_request(method: &str, target: &str, body: &[u8]) {
+    use router::parse_json as parse;
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return;
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let _ = router::redact_query(query);
+    let router = Router::new(routes());
+    let Ok((route, _params)) = router.find(&method, path) else {
+        return;
+    };
+    let _ = match (route.method.as_str(), route.path) {
+        ("POST", "/api/auth/login") => parse::<auth::LoginBody>(body).map(drop),
+        ("POST", "/api/users") => parse::<users::CreateBody>(body).map(drop),
+        ("PATCH", "/api/users/{uuid}") => parse::<users::PatchBody>(body).map(drop),
+        ("POST", "/api/machines") => parse::<machines::CreateBody>(body).map(drop),
+        ("PATCH", "/api/machines/{uuid}") => parse::<machines::PatchBody>(body).map(drop),
+        ("PUT", "/api/machines/{uuid}/owner") => parse::<machines::OwnerBody>(body).map(drop),
+        ("POST", "/api/v1/servers") => parse::<servers::CreateBody>(body).map(drop),
+        ("POST", "/api/clusters") => parse::<clusters::CreateBody>(body).map(drop),
+        ("PATCH", "/api/clusters/{name}") => parse::<clusters::PatchBody>(body).map(drop),
+        _ => Ok(()),
+    };
+}
+
 /// Liveness. The listener opens only after plugins are loaded, so an answer means they are.
 async fn healthz(req: Request) -> Result<Response> {
     let b = &req.state.machines.backends;

@@ -58,16 +58,20 @@ impl Request {
 
     /// The body parsed as JSON; a clear 400 otherwise.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
-        if self.body.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::bad_request("a JSON request body is required"));
-        }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
+        parse_json(&self.body)
     }
 
     pub fn client_ip(&self) -> Option<IpAddr> {
         self.client.map(|a| a.ip())
     }
+}
+
+/// A request body parsed as JSON; a clear 400 otherwise.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::bad_request("a JSON request body is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))
 }
 
 enum Segment {
@@ -104,7 +108,11 @@ impl Router {
     }
 
     /// Finds the route for `method` and `path`: `Err` is 404 or 405 (with `Allow`).
-    fn find(&self, method: &Method, path: &str) -> Result<(&Route, Vec<(&'static str, String)>)> {
+    pub(super) fn find(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Result<(&Route, Vec<(&'static str, String)>)> {
         let parts: Vec<&str> = split(path).collect();
         let mut allowed: Vec<&str> = Vec::new();
         for c in &self.routes {
@@ -153,8 +161,12 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits exactly (`from_str_radix` alone would also take a sign: `%+1`).
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -454,6 +466,8 @@ mod tests {
             _ => panic!("expected 405"),
         }
         assert!(r.find(&Method::GET, "/api/users/%zz").is_err());
+        assert!(r.find(&Method::GET, "/api/users/%+1").is_err());
+        assert!(r.find(&Method::GET, "/api/users/%4").is_err());
     }
 
     /// `(METHOD, path, public)` of every operation in `assets/api/openapi.yaml`.

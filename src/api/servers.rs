@@ -10,27 +10,28 @@ use warp::reply::Response;
 use super::router::{Request, json, no_content};
 use crate::db::{AuditEntry, ServerRecord};
 use crate::error::{Error, Result};
+use crate::hosts::Host;
 use crate::model::now_iso;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(super) struct CreateBody {
     name: String,
 }
 
-fn view(req: &Request, s: &ServerRecord) -> serde_json::Value {
-    let host = req
-        .state
-        .hosts
-        .list()
-        .into_iter()
-        .find(|h| h.host_id == s.server_id);
+/// `hosts`: the host list, taken once per request (one lookup per server, not one list).
+fn view(
+    req: &Request,
+    hosts: &std::collections::HashMap<String, Host>,
+    s: &ServerRecord,
+) -> serde_json::Value {
+    let host = hosts.get(&s.server_id);
     json!({
         "server_id": s.server_id,
         "name": s.name,
         "created_at": s.created_at,
         "status": host.as_ref().map_or("offline", |h| h.status),
-        "last_seen": host.and_then(|h| h.last_seen),
+        "last_seen": host.and_then(|h| h.last_seen.as_deref()),
         "connected": req.state.agents.is_connected(&s.server_id),
         "local": false,
     })
@@ -50,11 +51,21 @@ fn local_view(req: &Request) -> serde_json::Value {
     })
 }
 
+fn hosts_by_id(req: &Request) -> std::collections::HashMap<String, Host> {
+    req.state
+        .hosts
+        .list()
+        .into_iter()
+        .map(|h| (h.host_id.clone(), h))
+        .collect()
+}
+
 pub async fn list(req: Request) -> Result<Response> {
     let mut servers = req.state.db.run(|db| db.servers()).await?;
     servers.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
     let mut views = vec![local_view(&req)];
-    views.extend(servers.iter().map(|s| view(&req, s)));
+    let hosts = hosts_by_id(&req);
+    views.extend(servers.iter().map(|s| view(&req, &hosts, s)));
     Ok(json(StatusCode::OK, &views))
 }
 
@@ -68,7 +79,7 @@ pub async fn get(req: Request) -> Result<Response> {
         .iter()
         .find(|s| s.server_id == id)
         .ok_or_else(|| Error::not_found(format!("no server {id}")))?;
-    Ok(json(StatusCode::OK, &view(&req, s)))
+    Ok(json(StatusCode::OK, &view(&req, &hosts_by_id(&req), s)))
 }
 
 pub async fn create(req: Request) -> Result<Response> {

@@ -14,7 +14,7 @@ use crate::model::{AccountType, PermissionSet, User, validate_password, validate
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(super) struct CreateBody {
     username: String,
     password: String,
     account_type: String,
@@ -24,7 +24,7 @@ struct CreateBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PatchBody {
+pub(super) struct PatchBody {
     password: Option<String>,
     old_password: Option<String>,
     permissions: Option<Vec<String>>,

@@ -187,12 +187,14 @@ impl Backend {
         f: impl FnOnce(&Plugin) -> Result<Vec<u8>, CallError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let bytes = self.raw(name, f).await?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            let message = format!("{name} returned malformed JSON: {e}");
-            self.health().last_error = Some(message.clone());
-            BackendError::Failed {
+        // A reply that does not decode breaks the ABI's contract, like a panic: the plugin
+        // is failed and not called again.
+        parse_reply(&bytes).map_err(|e| {
+            let reason = format!("{name} returned malformed JSON: {e}");
+            self.mark_failed(reason.clone());
+            BackendError::Unavailable {
                 name: self.name.clone(),
-                message,
+                reason,
             }
         })
     }
@@ -295,6 +297,24 @@ impl Backend {
         .await
         .map(drop)
     }
+}
+
+/// A plugin's JSON answer to a call.
+fn parse_reply<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    serde_json::from_slice(bytes)
+}
+
+/// Every decoder of plugin output, for the fuzz target (`crate::fuzz`): the handshake's
+/// `describe`, an emitted event, and each call's answer type.
+pub fn fuzz_reply(bytes: &[u8]) {
+    let _ = plugin::parse_describe(bytes);
+    let _ = plugin::parse_event(bytes);
+    let _ = parse_reply::<Vec<MachineInfo>>(bytes);
+    let _ = parse_reply::<MachineInfo>(bytes);
+    let _ = parse_reply::<Vec<MachineState>>(bytes);
+    let _ = parse_reply::<Vec<MachineDisks>>(bytes);
+    let _ = parse_reply::<Vec<MachineConnections>>(bytes);
+    let _ = parse_reply::<ConsoleOpened>(bytes);
 }
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {

@@ -73,7 +73,7 @@ extern "C" fn host_emit_event(ctx: *mut c_void, event: Slice) {
         let ctx = unsafe { &*(ctx as *const HostCtx) };
         // SAFETY: the plugin passes bytes valid for the duration of this call.
         let bytes = unsafe { event.as_bytes() };
-        match serde_json::from_slice::<Event>(bytes) {
+        match parse_event(bytes) {
             Ok(event) => {
                 let _ = ctx.tx.send(PluginMsg::Event {
                     backend: ctx.backend.clone(),
@@ -180,10 +180,21 @@ pub fn handshake(entry: EntryFn) -> Result<(&'static PluginV1, Describe), LoadEr
             String::from_utf8_lossy(&bytes)
         )));
     }
-    let describe: Describe = serde_json::from_slice(&bytes)
-        .map_err(|e| LoadError::Handshake(format!("describe is not valid JSON: {e}")))?;
-    validate_describe(&describe).map_err(LoadError::Handshake)?;
+    let describe = parse_describe(&bytes).map_err(LoadError::Handshake)?;
     Ok((table, describe))
+}
+
+/// An event a plugin emits (`emit_event`).
+pub fn parse_event(bytes: &[u8]) -> serde_json::Result<Event> {
+    serde_json::from_slice(bytes)
+}
+
+/// A plugin's `describe` answer, decoded and checked.
+pub fn parse_describe(bytes: &[u8]) -> Result<Describe, String> {
+    let describe: Describe =
+        serde_json::from_slice(bytes).map_err(|e| format!("describe is not valid JSON: {e}"))?;
+    validate_describe(&describe)?;
+    Ok(describe)
 }
 
 pub fn validate_describe(d: &Describe) -> Result<(), String> {

@@ -1,6 +1,6 @@
 //! Alert history: every raise and every clear, newest last, pruned like the audit log.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::schema::ALERTS;

@@ -1,7 +1,7 @@
 //! The audit log: an append-only sequence of who did what, pruned to the newest
 //! `storage.audit_keep` entries.
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::schema::AUDIT;

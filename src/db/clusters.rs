@@ -1,7 +1,7 @@
 //! Clusters: named groups of machines (contract 4.4). Only membership and add-ons are stored;
 //! nodes and phase are derived from the machines' state elsewhere.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::schema::CLUSTERS;

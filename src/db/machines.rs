@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use uuid::Uuid;
 
 use super::schema::{MACHINE_CLIENTS, MACHINE_OWNERS, SUBSCRIPTIONS};

@@ -81,10 +81,104 @@ pub type DbResult<T> = Result<T, DbError>;
 /// A handle to the open database; cheap to clone.
 #[derive(Clone)]
 pub struct Db {
-    inner: Arc<Database>,
+    inner: Arc<Store>,
     audit_keep: u64,
     /// How long each write transaction's commit took (registered by `metrics`).
     commits: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// The redb database, reopened after an I/O failure. Once a write fails (a full disk, say),
+/// redb refuses every later operation, reads included (`PreviousIo`), until the database is
+/// closed and opened again; the store does that on the next operation, so that the daemon
+/// recovers by itself when the cause goes away. An open that fails leaves the store closed,
+/// and the next operation tries again.
+struct Store {
+    path: PathBuf,
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+}
+
+impl Store {
+    fn new(path: &Path, db: Database) -> Self {
+        Self {
+            path: path.to_owned(),
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+        }
+    }
+
+    fn begin_read(&self) -> DbResult<redb::ReadTransaction> {
+        self.with(Database::begin_read)
+    }
+
+    fn begin_write(&self) -> DbResult<redb::WriteTransaction> {
+        self.with(Database::begin_write)
+    }
+
+    /// Runs `begin` on the open database; after an I/O failure, reopens it and runs it again.
+    fn with<T>(
+        &self,
+        begin: impl Fn(&Database) -> Result<T, redb::TransactionError>,
+    ) -> DbResult<T> {
+        let db = self.current()?;
+        match begin(&db) {
+            Err(redb::TransactionError::Storage(
+                redb::StorageError::PreviousIo | redb::StorageError::DatabaseClosed,
+            )) => {
+                self.reopen(&db)?;
+                drop(db);
+                let db = self.current()?;
+                Ok(begin(&db)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn current(&self) -> DbResult<Arc<Database>> {
+        let open = self.db.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match open {
+            Some(db) => Ok(db),
+            None => {
+                let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+                self.open_into(&mut slot)
+            }
+        }
+    }
+
+    /// Closes `failed` (unless another caller replaced it already) and opens the file again.
+    fn reopen(&self, failed: &Arc<Database>) -> DbResult<()> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|d| !Arc::ptr_eq(d, failed)) {
+            return Ok(());
+        }
+        tracing::warn!(file = %self.path.display(), "database failed an I/O operation; reopening it");
+        *slot = None;
+        self.open_into(&mut slot).map(drop)
+    }
+
+    /// Opens the file into the empty `slot`. Another thread may still hold the failed handle
+    /// for a moment (its files close when the last clone goes): retry briefly.
+    fn open_into(&self, slot: &mut Option<Arc<Database>>) -> DbResult<Arc<Database>> {
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let mut tries = 0;
+        let db = loop {
+            match Database::builder().open(&self.path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::error!(file = %self.path.display(), error = %e, "cannot reopen the database");
+                    return Err(DbError::Storage(e.into()));
+                }
+            }
+        };
+        tracing::info!(file = %self.path.display(), "database reopened");
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
 }
 
 impl Db {
@@ -118,7 +212,7 @@ impl Db {
             }
         };
         let db = Self {
-            inner: Arc::new(db),
+            inner: Arc::new(Store::new(path, db)),
             audit_keep,
             commits: crate::metrics::commit_histogram(),
         };
@@ -169,7 +263,7 @@ impl Db {
             return Err(MigrateError::TooNew(found));
         }
         for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let tx = self.inner.begin_write().map_err(DbError::from)?;
+            let tx = self.inner.begin_write()?;
             step(&tx).map_err(DbError::from)?;
             {
                 let mut meta = tx.open_table(schema::META).map_err(DbError::from)?;
@@ -183,11 +277,11 @@ impl Db {
     }
 
     fn begin_read(&self) -> DbResult<redb::ReadTransaction> {
-        Ok(self.inner.begin_read()?)
+        self.inner.begin_read()
     }
 
     fn begin_write(&self) -> DbResult<redb::WriteTransaction> {
-        Ok(self.inner.begin_write()?)
+        self.inner.begin_write()
     }
 
     /// Commits a write transaction (durably) and records how long that took.

@@ -1,7 +1,7 @@
 //! Agent hosts (`/api/v1/servers`): a name and the SHA-256 of the host's API key. The key
 //! itself is never stored; the hash never leaves `db/` and `auth/`.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::schema::SERVERS;

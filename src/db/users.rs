@@ -1,6 +1,6 @@
 //! Users, their permissions and the "last administrator" invariant.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

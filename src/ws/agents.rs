@@ -69,14 +69,21 @@ async fn first_message(
             Ok(Err(_)) => return Err((None, CloseWith::new(1000, "connection failed"))),
         }
     };
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(m)) if m.get("type").and_then(Value::as_str) == Some("auth") => Ok(m),
-        _ => Err((
+    parse_auth(&text).ok_or_else(|| {
+        (
             Some(error_message(
                 "Authentication required: the first message must be {\"type\":\"auth\", …}",
             )),
             unauthorized("authentication required"),
-        )),
+        )
+    })
+}
+
+/// The first message of an agent or stream socket: a JSON object of `type` `auth`.
+pub fn parse_auth(text: &str) -> Option<serde_json::Map<String, Value>> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) if m.get("type").and_then(Value::as_str) == Some("auth") => Some(m),
+        _ => None,
     }
 }
 

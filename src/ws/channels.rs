@@ -456,8 +456,27 @@ pub async fn serve(
     .await;
 }
 
+/// Decodes one incoming message (the handler's first step, and the fuzz target's).
+fn parse_message(text: &str) -> serde_json::Result<Incoming> {
+    serde_json::from_str(text)
+}
+
+/// The stateless part of handling a message, for the fuzz target (`crate::fuzz`): decoding,
+/// then the channel name, the filters and a command's fields as `on_text` reads them.
+pub fn fuzz_message(text: &str) {
+    let Ok(msg) = parse_message(text) else {
+        return;
+    };
+    let _ = msg.channel.as_deref().and_then(Channel::parse);
+    let _ = Filters::parse(&msg.filters);
+    let _ = command_timeout(&msg.data, Duration::from_secs(3600));
+    if let Some(package) = msg.data.get("package").and_then(Value::as_str) {
+        let _ = crate::agent::packages::valid_package(package);
+    }
+}
+
 fn on_text(state: &AppState, hub: &Arc<Hub>, id: u64, ctl: &Arc<Control>, text: &str) {
-    let msg: Incoming = match serde_json::from_str(text) {
+    let msg: Incoming = match parse_message(text) {
         Ok(m) => m,
         Err(e) => {
             ctl.send(invalid(&format!("malformed message: {e}"), None));
@@ -575,12 +594,7 @@ fn command(state: &AppState, user: User, ctl: Arc<Control>, data: Value, id: Opt
         ctl.send(fail("data.command is required"));
         return;
     }
-    let max = state.agents.command_timeout();
-    let timeout = data
-        .get("timeout")
-        .and_then(Value::as_f64)
-        .filter(|t| *t > 0.0)
-        .map_or(max, |t| Duration::from_secs_f64(t.ceil()).min(max));
+    let timeout = command_timeout(&data, state.agents.command_timeout());
     let st = state.clone();
     tokio::spawn(async move {
         let hostname = st.hosts.hostname(&host_id).unwrap_or_default();
@@ -660,6 +674,16 @@ fn command(state: &AppState, user: User, ctl: Arc<Control>, data: Value, id: Opt
             }
         }
     });
+}
+
+/// A command's `data.timeout` (seconds, rounded up), at most `max`; `max` when absent, not
+/// positive, or too large for a `Duration`.
+fn command_timeout(data: &Value, max: Duration) -> Duration {
+    data.get("timeout")
+        .and_then(Value::as_f64)
+        .filter(|t| *t > 0.0)
+        .and_then(|t| Duration::try_from_secs_f64(t.ceil()).ok())
+        .map_or(max, |t| t.min(max))
 }
 
 /// `command` on `package_operations`: `{host_id, operation, package}`; progress events go to
@@ -829,5 +853,24 @@ fn initial(state: &AppState, channel: Channel, f: &Filters, ctl: &Control) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_timeout_is_clamped_and_never_panics() {
+        let max = Duration::from_secs(300);
+        let t = |v: Value| command_timeout(&json!({ "timeout": v }), max);
+        assert_eq!(t(json!(2.2)), Duration::from_secs(3));
+        assert_eq!(t(json!(1000)), max);
+        assert_eq!(t(json!(-1)), max);
+        assert_eq!(t(json!("5")), max);
+        // Found by fuzzing: too large for a Duration (this used to panic).
+        assert_eq!(t(json!(1e300)), max);
+        assert_eq!(t(json!(f64::MAX)), max);
+        assert_eq!(command_timeout(&json!({}), max), max);
     }
 }

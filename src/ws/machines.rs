@@ -35,6 +35,14 @@ pub fn route(path: &str) -> Option<Kind> {
 }
 
 /// `{uuid, type, body, timestamp}` with a pre-encoded body.
+/// The machines named by `machine_uuid=` parameters of a query string (others are ignored).
+pub fn query_machines(query: &str) -> BTreeSet<Uuid> {
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "machine_uuid")
+        .filter_map(|(_, v)| Uuid::parse_str(&v).ok())
+        .collect()
+}
+
 fn envelope(kind: &str, body: &str) -> Text {
     let mut s = String::with_capacity(body.len() + 128);
     let _ = write!(
@@ -681,15 +689,7 @@ pub async fn serve(
         .await;
         return;
     }
-    let extra: BTreeSet<Uuid> = query
-        .as_deref()
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .filter(|(k, _)| k == "machine_uuid")
-                .filter_map(|(_, v)| Uuid::parse_str(&v).ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let extra = query.as_deref().map(query_machines).unwrap_or_default();
     drop(query);
     let stored: BTreeSet<Uuid> = if kind == Kind::Subscribed {
         let user = actor.user.uuid;

@@ -113,6 +113,30 @@ pub fn request_token(query: Option<&str>, h: &HeaderMap) -> Option<String> {
     None
 }
 
+/// The stateless part of an upgrade request, for the fuzz target (`crate::fuzz`): `data` is
+/// a request target (`/path?query`) on its first line, then `Name: value` header lines. It
+/// goes through the claim, the token extraction, the endpoint routing and the query's
+/// machine list as `upgrade` does.
+pub fn fuzz_upgrade(data: &str) {
+    let mut lines = data.split('\n');
+    let target = lines.next().unwrap_or("");
+    let mut builder = Request::builder().uri(target);
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            builder = builder.header(name.trim(), value.trim());
+        }
+    }
+    let Ok(req) = builder.body(()) else {
+        return;
+    };
+    let _ = claims(&req);
+    let token = request_token(req.uri().query(), req.headers());
+    let _ = Endpoint::of(req.uri().path(), token.is_some());
+    if let Some(q) = req.uri().query() {
+        let _ = machines::query_machines(q);
+    }
+}
+
 fn error_response(e: &Error) -> Response {
     crate::api::error_response(e)
 }

@@ -602,7 +602,7 @@ struct Handler {
 
 impl Handler {
     fn on_text(&self, text: &str) -> Reply {
-        let msg: Incoming = match serde_json::from_str(text) {
+        let msg: Incoming = match parse_message(text) {
             Ok(m) => m,
             Err(e) => {
                 self.ctl.send(error(
@@ -641,26 +641,18 @@ impl Handler {
                     ));
                 }
             },
-            ("console_resize", Kind::Console) => {
-                let dim = |k: &str| {
-                    msg.data
-                        .get(k)
-                        .and_then(Value::as_u64)
-                        .and_then(|v| u16::try_from(v).ok())
-                };
-                match (dim("cols"), dim("rows")) {
-                    (Some(c), Some(r)) if c > 0 && r > 0 => {
-                        let _ = self.input.try_send(ConsoleInput::Resize(c, r));
-                    }
-                    _ => {
-                        self.ctl.send(error(
-                            "INVALID_COMMAND",
-                            "console_resize needs data.cols and data.rows",
-                            None,
-                        ));
-                    }
+            ("console_resize", Kind::Console) => match console_size(&msg.data) {
+                Some((c, r)) => {
+                    let _ = self.input.try_send(ConsoleInput::Resize(c, r));
                 }
-            }
+                None => {
+                    self.ctl.send(error(
+                        "INVALID_COMMAND",
+                        "console_resize needs data.cols and data.rows",
+                        None,
+                    ));
+                }
+            },
             (other, _) => {
                 self.ctl.send(error(
                     "INVALID_COMMAND",
@@ -678,16 +670,9 @@ impl Handler {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| format!("req-{}", Uuid::new_v4()));
-        let action = match data.get("action").and_then(Value::as_str) {
-            Some("start") => PowerAction::Start,
-            Some("stop") => PowerAction::Stop,
-            Some("restart") => PowerAction::Restart,
-            Some("suspend") => PowerAction::Suspend,
-            Some("resume") => PowerAction::Resume,
-            other => {
-                let what = other
-                    .map(|a| format!("unknown action {a:?}"))
-                    .unwrap_or_else(|| "data.action is required".into());
+        let action = match power_action(data) {
+            Ok(a) => a,
+            Err(what) => {
                 self.ctl
                     .send(error("INVALID_COMMAND", &what, Some(&request_id)));
                 return;
@@ -734,6 +719,44 @@ impl Handler {
                 json!({"requestId": request_id, "success": success, "message": text}),
             ));
         });
+    }
+}
+
+/// Decodes one incoming message (the handler's first step, and the fuzz target's).
+fn parse_message(text: &str) -> serde_json::Result<Incoming> {
+    serde_json::from_str(text)
+}
+
+/// A `command`'s `data.action`.
+fn power_action(data: &Value) -> Result<PowerAction, String> {
+    match data.get("action").and_then(Value::as_str) {
+        Some("start") => Ok(PowerAction::Start),
+        Some("stop") => Ok(PowerAction::Stop),
+        Some("restart") => Ok(PowerAction::Restart),
+        Some("suspend") => Ok(PowerAction::Suspend),
+        Some("resume") => Ok(PowerAction::Resume),
+        Some(a) => Err(format!("unknown action {a:?}")),
+        None => Err("data.action is required".into()),
+    }
+}
+
+/// A `console_resize`'s `data.cols` and `data.rows`: both 1..=65535.
+fn console_size(data: &Value) -> Option<(u16, u16)> {
+    let dim = |k: &str| {
+        data.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|v| u16::try_from(v).ok())
+            .filter(|v| *v > 0)
+    };
+    Some((dim("cols")?, dim("rows")?))
+}
+
+/// The stateless part of handling a message, for the fuzz target (`crate::fuzz`): decoding,
+/// then a command's action and a resize's size as `on_text` reads them.
+pub fn fuzz_message(text: &str) {
+    if let Ok(msg) = parse_message(text) {
+        let _ = power_action(&msg.data);
+        let _ = console_size(&msg.data);
     }
 }
 

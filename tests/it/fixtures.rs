@@ -6,12 +6,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The C plugins the tests use, by the name of their source file (without `.c`).
-pub const C_FIXTURES: [&str; 5] = [
+pub const C_FIXTURES: [&str; 6] = [
     "wrong_abi",
     "no_symbol",
     "bad_describe",
     "hang",
     "init_fails",
+    "garbage",
 ];
 
 fn manifest_dir() -> &'static Path {

@@ -502,6 +502,30 @@ impl Daemon {
         status
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.running
+            .as_ref()
+            .expect("daemon is not running")
+            .child
+            .id()
+    }
+
+    /// SIGKILL (`kill -9`): no chance to clean up, as in a crash. The data dir stays;
+    /// [`Daemon::launch`] starts the daemon again on it.
+    pub fn kill(&mut self) {
+        let mut running = self.running.take().expect("daemon is not running");
+        let _ = running.child.kill();
+        running.child.wait().expect("wait for the killed daemon");
+        if let Some(h) = running.stderr_reader.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = running.stdout_reader.take() {
+            let _ = h.join();
+        }
+        self.addr = None;
+    }
+
     /// SIGTERM, require a clean exit, start again on the same data dir.
     pub fn restart(&mut self) {
         let status = self.terminate();

@@ -13,6 +13,7 @@ mod cli;
 mod clusters;
 mod conformance;
 mod containers;
+mod faults;
 mod fixtures;
 mod harness;
 mod libvirt;

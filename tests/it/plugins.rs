@@ -75,6 +75,16 @@ fn last_error(b: &Value) -> String {
 }
 
 /// The simulator is still there and works: listed, loaded, and a stopped demo machine boots.
+/// Waits (at most `within`) for backend `name` to be marked failed; returns its entry.
+async fn failed_backend(d: &Daemon, admin: &str, name: &str, within: Duration) -> Value {
+    eventually(within, &format!("{name} to be failed"), || async {
+        let list = backends(d, admin).await;
+        let b = by_name(&list, name).clone();
+        (b["status"] == "failed").then_some(b)
+    })
+    .await
+}
+
 async fn assert_simulator_works(d: &Daemon, token: &str) {
     let list = backends(d, token).await;
     let sim = by_name(&list, "simulator");
@@ -223,12 +233,7 @@ async fn c_example_plugin_loads_and_powers_machines() {
 async fn panicking_plugin_is_marked_failed_and_the_daemon_serves() {
     let d = Daemon::builder().plugin(&panic_plugin()).start();
     let admin = d.admin_token().await;
-    let b = eventually(Duration::from_secs(10), "panicky to be failed", || async {
-        let list = backends(&d, &admin).await;
-        let b = by_name(&list, "panicky").clone();
-        (b["status"] == "failed").then_some(b)
-    })
-    .await;
+    let b = failed_backend(&d, &admin, "panicky", Duration::from_secs(10)).await;
     let reason = last_error(&b);
     assert!(
         reason.contains("simulated panic in bulk_state"),
@@ -246,6 +251,37 @@ async fn panicking_plugin_is_marked_failed_and_the_daemon_serves() {
     // It stays failed: a failed plugin is not called again.
     let list = backends(&d, &admin).await;
     assert_eq!(by_name(&list, "panicky")["status"], "failed");
+    assert_eq!(d.get("/healthz", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn garbage_returning_plugin_is_marked_failed_and_the_daemon_serves() {
+    let d = Daemon::builder().plugin(&c_plugin("garbage")).start();
+    let admin = d.admin_token().await;
+    let b = failed_backend(&d, &admin, "garbage", Duration::from_secs(10)).await;
+    let reason = last_error(&b);
+    assert!(
+        reason.contains("bulk_state returned malformed JSON"),
+        "the reason names the call and the malformed reply: {b}"
+    );
+    // Each malformed event was ignored with a warning (six of them, one not even UTF-8).
+    let logs = d.logs();
+    let ignored = logs
+        .lines()
+        .filter(|l| l.contains("plugin sent a malformed event; ignored") && l.contains("garbage"))
+        .count();
+    assert_eq!(ignored, 6, "one warning per malformed event:\n{logs}");
+    assert_eq!(d.get("/healthz", None).await.status, 200);
+    assert_simulator_works(&d, &admin).await;
+    // It stays failed, and its machine cannot be driven.
+    let list = backends(&d, &admin).await;
+    assert_eq!(by_name(&list, "garbage")["status"], "failed");
+    let machines = list_machines(&d, &admin).await;
+    if let Some(g) = machines.iter().find(|m| m["backend"] == "garbage") {
+        power(&d, &admin, &uuid_of(g), "start")
+            .await
+            .expect_any_error(503);
+    }
     assert_eq!(d.get("/healthz", None).await.status, 200);
 }
 
@@ -271,12 +307,7 @@ async fn hanging_plugin_times_out_and_the_daemon_serves() {
         healthz.elapsed()
     );
     let admin = d.admin_token().await;
-    let b = eventually(Duration::from_secs(5), "hang to be failed", || async {
-        let list = backends(&d, &admin).await;
-        let b = by_name(&list, "hang").clone();
-        (b["status"] == "failed").then_some(b)
-    })
-    .await;
+    let b = failed_backend(&d, &admin, "hang", Duration::from_secs(5)).await;
     let reason = last_error(&b).to_lowercase();
     assert!(
         reason.contains("time") || reason.contains("exceeded"),
