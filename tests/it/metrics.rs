@@ -237,7 +237,13 @@ async fn metrics_move_with_sockets_logins_agents_alerts_and_slow_consumers() {
         .expect(T, "auth_success", |v| v["type"] == "auth_success")
         .await;
 
-    let during = scrape(&d).await;
+    // A message is counted once its write returns, which can be a moment after the peer
+    // has read it.
+    let during = eventually(T, "the agent's auth_success counted", || async {
+        let s = scrape(&d).await;
+        (s.get("orchard_ws_messages_sent_total", &[("api", "agents")]) >= 1.0).then_some(s)
+    })
+    .await;
     for api in ["machines", "channels", "clusters", "agents"] {
         assert!(
             during.get("orchard_ws_connections", &[("api", api)]) >= 1.0,
