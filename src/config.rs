@@ -76,6 +76,10 @@ pub struct Http {
     /// Seconds a connection may take to send a request head (the first one, and each later
     /// one on a kept-alive connection); then it is closed.
     pub header_timeout: u64,
+    /// Seconds a connection may go without a new request once it has made one; then it is
+    /// closed. HTTP/1.1 keep-alive is already held to `header_timeout`; this bounds HTTP/2,
+    /// which hyper keeps open for as long as the peer likes. WebSockets are not affected.
+    pub idle_timeout: u64,
 }
 
 impl Default for Http {
@@ -90,6 +94,7 @@ impl Default for Http {
             max_connections: 1024,
             max_connections_per_ip: 256,
             header_timeout: 10,
+            idle_timeout: 120,
         }
     }
 }

@@ -127,6 +127,7 @@ pub async fn serve(
     let http = &state.config.http;
     let caps = Caps::new(http.max_connections, http.max_connections_per_ip);
     let header_timeout = Duration::from_secs(http.header_timeout.max(1));
+    let idle_timeout = Duration::from_secs(http.idle_timeout.max(1));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -154,6 +155,7 @@ pub async fn serve(
         };
         let limits = Limits {
             header_timeout,
+            idle_timeout,
             _slot: slot,
         };
         let watcher = graceful.watcher();
@@ -207,13 +209,16 @@ pub async fn serve(
 /// it ends or becomes a WebSocket) and the time its request heads may take.
 struct Limits {
     header_timeout: Duration,
+    idle_timeout: Duration,
     _slot: Slot,
 }
 
 /// Serves HTTP (with upgrades) on one accepted connection, plain or TLS, under the
 /// graceful-shutdown watcher. A connection whose first request has not arrived within the
-/// header timeout is closed (hyper's own header timeout covers the later ones; the protocol
-/// sniffing before the first one has none).
+/// header timeout is closed (hyper's own header timeout covers the later ones on HTTP/1.1;
+/// the protocol sniffing before the first one has none), and so is one that then goes
+/// `idle_timeout` without a new request (HTTP/2, which hyper would keep open for ever; an
+/// upgrade to a WebSocket ends the HTTP connection, so sockets are not affected).
 async fn serve_connection<I, S>(io: I, svc: Svc<S>, watcher: Watcher, limits: Limits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -245,7 +250,18 @@ where
     };
     let ended = match ended {
         Some(ended) => ended,
-        None => conn.await,
+        None => loop {
+            // A request that arrives while nobody waits leaves a permit: none is missed.
+            tokio::select! {
+                ended = &mut conn => break ended,
+                next = tokio::time::timeout(limits.idle_timeout, requested.notified()) => {
+                    if next.is_err() {
+                        tracing::debug!(%peer, "no request within the idle timeout; closing");
+                        return;
+                    }
+                }
+            }
+        },
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "connection ended with an error");

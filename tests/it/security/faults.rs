@@ -361,3 +361,60 @@ async fn two_hundred_concurrent_logins_keep_healthz_answering() {
     );
     assert!(answered > 0, "probes ran during the logins");
 }
+
+/// An HTTP/2 connection (prior knowledge on plain TCP) that made requests and then goes
+/// quiet is closed after `http.idle_timeout`; one that keeps making requests more often is
+/// not. Without the idle timeout hyper keeps an HTTP/2 connection open for as long as the
+/// peer likes.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    const IDLE: u64 = 2;
+    let d = Daemon::builder()
+        .env("ORCHARD_HTTP_IDLE_TIMEOUT", &IDLE.to_string())
+        .start();
+    let tcp = TcpStream::connect(d.addr()).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("HTTP/2 handshake");
+    let mut conn = tokio::spawn(conn);
+    // Requests every half idle period, for twice the idle timeout: the connection stays.
+    let busy_until = Instant::now() + Duration::from_secs(2 * IDLE);
+    let mut answered = 0;
+    let mut last = Instant::now();
+    while Instant::now() < busy_until {
+        let req = hyper::Request::get(format!("http://{}/healthz", d.addr()))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = tokio::time::timeout(T, send.send_request(req))
+            .await
+            .expect("answer timed out")
+            .expect("request on the open HTTP/2 connection");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let _ = resp.into_body().collect().await;
+        answered += 1;
+        last = Instant::now();
+        tokio::time::sleep(Duration::from_millis(IDLE * 1000 / 2)).await;
+    }
+    assert!(answered >= 4, "{answered} requests answered");
+    assert!(
+        !conn.is_finished(),
+        "a connection in use was closed before its idle timeout"
+    );
+    // Now quiet: the daemon closes it within the idle timeout (from the last request) and a
+    // margin.
+    // The connection's own result is EOF or a reset: either is the daemon closing it.
+    let _ = tokio::time::timeout(Duration::from_secs(IDLE + 8), &mut conn)
+        .await
+        .expect("an idle HTTP/2 connection stayed open past http.idle_timeout")
+        .expect("connection task");
+    assert!(
+        last.elapsed() >= Duration::from_millis(IDLE * 1000 - 300),
+        "closed {:?} after the last request, before the idle timeout",
+        last.elapsed()
+    );
+    admin_still_works(&d).await;
+}
