@@ -34,29 +34,27 @@ fn c_out_dir() -> &'static Path {
 fn compile_c(source: &Path, lib_name: &str) -> PathBuf {
     let out = c_out_dir().join(format!("lib{lib_name}.so"));
     let tmp = c_out_dir().join(format!(".lib{lib_name}.{}.so", std::process::id()));
-    let output = Command::new("gcc")
-        .current_dir(manifest_dir())
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-shared",
-            "-fPIC",
-            "-I",
-            "plugin-api/include",
-        ])
-        .arg(source)
-        .arg("-o")
-        .arg(&tmp)
-        .arg("-lpthread")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run gcc (needed to build the C plugins): {e}"));
-    assert!(
-        output.status.success(),
-        "gcc failed on {}:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&output.stderr)
+    crate::harness::run_ok(
+        Command::new("gcc")
+            .current_dir(manifest_dir())
+            .args([
+                "-std=c11",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-shared",
+                "-fPIC",
+                "-I",
+                "plugin-api/include",
+            ])
+            .arg(source)
+            .arg("-o")
+            .arg(&tmp)
+            .arg("-lpthread"),
+        &format!(
+            "gcc on {} (needed to build the C plugins)",
+            source.display()
+        ),
     );
     std::fs::rename(&tmp, &out)
         .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), out.display()));
@@ -119,14 +117,7 @@ fn cargo_build(packages: &[&str], what: &str, hint: &str) -> PathBuf {
     if profile.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo build for {what}: {e}"));
-    assert!(
-        output.status.success(),
-        "cargo build of {what} failed{hint}:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::harness::run_ok(&mut cmd, &format!("cargo build of {what}{hint}"));
     profile
 }
 

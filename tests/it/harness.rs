@@ -774,25 +774,15 @@ pub fn python_venv(name: &str, requirements: &Path) -> PathBuf {
     if fs::read_to_string(&marker).is_ok_and(|had| had == wanted) {
         return venv;
     }
-    let run = |cmd: &mut Command, what: &str| {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {what} (for {name}): {e}"));
-        assert!(
-            out.status.success(),
-            "{what} failed (PyPI must be reachable): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(
+    run_ok(
         Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        "python3 -m venv",
+        &format!("python3 -m venv (for {name})"),
     );
-    run(
+    run_ok(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
             .arg(requirements),
-        "pip install",
+        &format!("pip install (for {name}; PyPI must be reachable)"),
     );
     fs::write(&marker, wanted).expect("record the installed requirements");
     venv
@@ -845,6 +835,21 @@ pub fn assert_clean_failure(out: &Output) -> String {
         "the process panicked:\n{stderr}"
     );
     stderr
+}
+
+/// Runs `cmd` to its end and asserts it succeeded; `what` names it (and what it needs) in
+/// the failure, which shows its stderr. Returns its output.
+pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Asserts a process succeeded; shows its stderr otherwise.
