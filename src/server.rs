@@ -237,31 +237,20 @@ where
         .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
         .into_owned();
     let mut conn = std::pin::pin!(watcher.watch(conn));
-    let first = tokio::time::timeout(limits.header_timeout, requested.notified());
-    let ended = tokio::select! {
-        ended = &mut conn => Some(ended),
-        first = first => match first {
-            Ok(()) => None,
-            Err(_) => {
-                tracing::debug!(%peer, "no request within the header timeout; closing");
-                return;
-            }
-        },
-    };
-    let ended = match ended {
-        Some(ended) => ended,
-        None => loop {
-            // A request that arrives while nobody waits leaves a permit: none is missed.
-            tokio::select! {
-                ended = &mut conn => break ended,
-                next = tokio::time::timeout(limits.idle_timeout, requested.notified()) => {
-                    if next.is_err() {
-                        tracing::debug!(%peer, "no request within the idle timeout; closing");
-                        return;
-                    }
+    // The first request must come within the header timeout, each later one within the idle
+    // timeout. A request that arrives while nobody waits leaves a permit: none is missed.
+    let mut wait = (limits.header_timeout, "header");
+    let ended = loop {
+        tokio::select! {
+            ended = &mut conn => break ended,
+            next = tokio::time::timeout(wait.0, requested.notified()) => {
+                if next.is_err() {
+                    tracing::debug!(%peer, "no request within the {} timeout; closing", wait.1);
+                    return;
                 }
+                wait = (limits.idle_timeout, "idle");
             }
-        },
+        }
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
