@@ -95,6 +95,10 @@ pub struct WebSocket<S> {
     /// Bytes of the first queued frame already written.
     written: usize,
     closing: bool,
+    /// Incoming bytes still to be thrown away unread: the rest of a frame over the limit
+    /// (so that the peer's answer to our close can still be parsed after it), or, once the
+    /// stream cannot be parsed any more, everything (`u64::MAX`).
+    skip: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
@@ -107,6 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             out: VecDeque::new(),
             written: 0,
             closing: false,
+            skip: 0,
         }
     }
 
@@ -226,12 +231,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if n == 0 {
                 return Err(FrameError::Eof);
             }
-            self.rbuf.extend_from_slice(&chunk[..n]);
+            let skipped = n.min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+            self.skip -= skipped as u64;
+            self.rbuf.extend_from_slice(&chunk[skipped..n]);
         }
+    }
+
+    /// Throws away buffered bytes still to be skipped; true when none are left to skip.
+    fn skip_buffered(&mut self) -> bool {
+        if self.skip > 0 && !self.rbuf.is_empty() {
+            let k = self
+                .rbuf
+                .len()
+                .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+            self.rbuf.drain(..k);
+            self.skip -= k as u64;
+            if self.rbuf.is_empty() {
+                self.rbuf = Vec::new();
+            }
+        }
+        self.skip == 0
     }
 
     /// Takes one message out of the buffered bytes, if a complete one is there.
     fn parse(&mut self) -> Result<Option<Incoming>, FrameError> {
+        if !self.skip_buffered() {
+            return Ok(None);
+        }
         loop {
             let Some((fin, opcode, payload)) = self.take_frame()? else {
                 return Ok(None);
@@ -334,6 +360,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             return Err(FrameError::Protocol(1002, "malformed control frame"));
         }
         if len > self.max_message as u64 {
+            // Its bytes are skipped from here on, so the stream stays parseable behind it.
+            self.skip = (at as u64 + 4).saturating_add(len);
+            self.skip_buffered();
             return Err(FrameError::TooBig);
         }
         let len = len as usize;
@@ -356,12 +385,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Ok(Some((fin, opcode, payload)))
     }
 
-    /// After sending a close: reads until the peer answers or the connection ends.
+    /// After sending a close: reads until the peer answers or the connection ends (callers
+    /// bound the wait). Everything the peer still sends is read, never left unread: closing a
+    /// socket with unread bytes makes the kernel send a reset, which can destroy the close
+    /// frame before the peer reads it. Once the stream cannot be parsed (the error that
+    /// caused the close), the rest is read raw and thrown away until the peer hangs up.
     pub async fn drain_until_closed(&mut self) {
         loop {
             match self.read().await {
-                Ok(Incoming::Close) | Err(_) => return,
+                Ok(Incoming::Close) | Err(FrameError::Eof | FrameError::Io(_)) => return,
                 Ok(_) => {}
+                Err(FrameError::Protocol(..) | FrameError::TooBig) => {
+                    self.rbuf = Vec::new();
+                    self.partial = None;
+                    self.skip = u64::MAX;
+                }
             }
         }
     }
@@ -431,6 +469,73 @@ mod tests {
                 (other, _) => panic!("unexpected {other:?} for {bytes:?}"),
             }
         }
+    }
+
+    /// A frame's bytes with a 64-bit length (any size, payload unmasked by a zero mask).
+    fn big_client_frame(len: usize) -> Vec<u8> {
+        let mut f = vec![0x81, 0x80 | 127];
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.resize(f.len() + len, b'x');
+        f
+    }
+
+    #[tokio::test]
+    async fn after_an_oversized_frame_the_peers_close_answer_is_still_read() {
+        // The pipe is far smaller than the frame: the server must read all of it, in pieces,
+        // for the client's later close to arrive at all.
+        let (mut client, server) = duplex(4096);
+        let mut ws = WebSocket::new(server, 1024);
+        let writer = tokio::spawn(async move {
+            client.write_all(&big_client_frame(300_000)).await.unwrap();
+            client
+                .write_all(&client_frame(true, OP_TEXT, b"ignored"))
+                .await
+                .unwrap();
+            client
+                .write_all(&client_frame(true, OP_CLOSE, &1000u16.to_be_bytes()))
+                .await
+                .unwrap();
+            client // kept open: the drain must end on the close, not on the end of stream
+        });
+        assert!(matches!(ws.read().await, Err(FrameError::TooBig)));
+        let drained =
+            tokio::time::timeout(std::time::Duration::from_secs(10), ws.drain_until_closed()).await;
+        assert!(drained.is_ok(), "the drain did not end on the close");
+        assert!(
+            ws.rbuf.capacity() <= READ_CHUNK,
+            "skipped bytes are not kept"
+        );
+        drop(ws);
+        // Had the drain ended early, the writer would still be blocked and now fail.
+        let _client = writer
+            .await
+            .expect("the client wrote everything, close included");
+    }
+
+    #[tokio::test]
+    async fn after_a_protocol_error_everything_is_read_until_the_peer_hangs_up() {
+        let (mut client, server) = duplex(1024);
+        let mut ws = WebSocket::new(server, 1024);
+        let writer = tokio::spawn(async move {
+            let mut bytes = vec![0x81, 0x01, b'a']; // unmasked: unparseable from here on
+            bytes.resize(64 * 1024, 0xEE);
+            client.write_all(&bytes).await.unwrap();
+            // Dropped: the end of stream ends the drain.
+        });
+        assert!(matches!(
+            ws.read().await,
+            Err(FrameError::Protocol(1002, _))
+        ));
+        let drained =
+            tokio::time::timeout(std::time::Duration::from_secs(10), ws.drain_until_closed()).await;
+        assert!(
+            drained.is_ok(),
+            "the drain did not end at the end of stream"
+        );
+        drop(ws);
+        // Had the drain ended early, the writer would still be blocked and now fail.
+        writer.await.expect("every byte the client sent was read");
     }
 
     #[tokio::test]
