@@ -128,7 +128,10 @@ impl Alerts {
                     },
                     e = machine_rx.recv() => match e {
                         Ok(e) => me.on_machine(&e, &machines, &local),
-                        Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "alerts missed machine events; rechecking");
+                            me.recheck_boot_alerts(&machines, &local)
+                        }
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
                 };
@@ -252,6 +255,30 @@ impl Alerts {
             host: Some(local.clone()),
             machine: Some(uuid),
         }]
+    }
+
+    /// After missed machine events: the boot alerts of machines deleted or running since
+    /// are cleared, as their missed events would have. (A missed boot failure is not
+    /// recovered: it is an event, not a state the registry keeps.)
+    fn recheck_boot_alerts(&self, machines: &Machines, local: &(String, String)) -> Vec<Finding> {
+        let raised: Vec<Uuid> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter_map(|k| k.strip_prefix("boot:"))
+            .filter_map(|u| Uuid::parse_str(u).ok())
+            .collect();
+        raised
+            .into_iter()
+            .filter(|u| {
+                machines.get(*u).is_none_or(|m| {
+                    m.state
+                        .is_some_and(|s| s.status == orchard_plugin_api::MachineStatus::Running)
+                })
+            })
+            .flat_map(|uuid| self.on_machine(&MachineEvent::Deleted { uuid }, machines, local))
+            .collect()
     }
 
     /// Raises, changes or clears the alert of one subject.

@@ -250,6 +250,11 @@ pub struct Machines {
     pub dynamic_interval: u64,
     pub connections_interval: u64,
     pub disks_interval: u64,
+    /// Machine events held for their slowest consumer (the API hubs, alerts, clusters): one
+    /// that falls further behind skips what it missed and resynchronises from the registry's
+    /// current state (every `/ws/machines` socket then gets `DELETE`/`CREATE` for what it
+    /// missed and a full `DATA_STATIC`).
+    pub event_buffer: usize,
 }
 
 impl Default for Machines {
@@ -258,6 +263,7 @@ impl Default for Machines {
             dynamic_interval: 1,
             connections_interval: 10,
             disks_interval: 120,
+            event_buffer: 8192,
         }
     }
 }
@@ -480,6 +486,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "machines.*_interval must be at least 1".into(),
+            ));
+        }
+        if self.machines.event_buffer == 0 {
+            return Err(ConfigError::Invalid(
+                "machines.event_buffer must be at least 1".into(),
             ));
         }
         if self.auth.token_ttl == 0 {

@@ -280,7 +280,12 @@ async fn start_machines(
         .await
         .map_err(|e| e.to_string())?;
     let names = users.into_iter().map(|u| (u.uuid, u.username)).collect();
-    let machines = std::sync::Arc::new(machines::Machines::new(backends, db.clone(), names));
+    let machines = std::sync::Arc::new(machines::Machines::new(
+        backends,
+        db.clone(),
+        names,
+        config.machines.event_buffer,
+    ));
     machines.initial_sync().await;
     machines::spawn_poller(machines.clone(), rx, config, metrics);
     Ok(machines)

@@ -55,10 +55,9 @@ pub enum MachineEvent {
     Deleted {
         uuid: Uuid,
     },
-    /// Owner or clients changed; `before` lets listeners tell who gained or lost sight.
+    /// Owner or clients changed (each listener compares with what it had told its sockets).
     RelationsChanged {
         machine: Arc<Machine>,
-        before: Relations,
     },
     StatusChanged {
         uuid: Uuid,
@@ -182,8 +181,13 @@ fn title_is_valid(title: &str) -> bool {
 }
 
 impl Machines {
-    pub fn new(backends: Backends, db: Db, usernames: HashMap<Uuid, String>) -> Self {
-        let (events, _) = broadcast::channel(8192);
+    pub fn new(
+        backends: Backends,
+        db: Db,
+        usernames: HashMap<Uuid, String>,
+        event_buffer: usize,
+    ) -> Self {
+        let (events, _) = broadcast::channel(event_buffer.max(1));
         Self {
             machines: RwLock::new(HashMap::new()),
             usernames: RwLock::new(usernames),
@@ -234,17 +238,16 @@ impl Machines {
             let mut all = self.write();
             for m in all.values_mut() {
                 if involved(user, &m.relations) {
-                    let before = m.relations.clone();
                     if m.relations.owner == Some(user) {
                         m.relations.owner = None;
                     }
                     m.relations.clients.remove(&user);
-                    changed.push((Arc::new(m.clone()), before));
+                    changed.push(Arc::new(m.clone()));
                 }
             }
         }
-        for (machine, before) in changed {
-            self.publish(MachineEvent::RelationsChanged { machine, before });
+        for machine in changed {
+            self.publish(MachineEvent::RelationsChanged { machine });
         }
         self.publish(MachineEvent::UserRemoved { user });
     }
@@ -741,7 +744,6 @@ impl Machines {
             }
             MachineEvent::RelationsChanged {
                 machine: Arc::new(m.clone()),
-                before,
             }
         };
         self.publish(event);

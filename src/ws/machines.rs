@@ -118,6 +118,16 @@ impl Sub {
         self.kind == Kind::Global || self.set.contains(m)
     }
 
+    /// Whether the socket was told `m` exists (`/global` sockets: `globally_known`, what the
+    /// hub announced).
+    fn told_of(&self, m: &Uuid, globally_known: bool) -> bool {
+        if self.kind == Kind::Global {
+            globally_known
+        } else {
+            self.set.contains(m)
+        }
+    }
+
     fn rekey(&mut self) {
         self.key = self.set.iter().copied().collect();
     }
@@ -482,31 +492,31 @@ impl Hub {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = [None, None, None, None];
         }
-        match e {
-            MachineEvent::Created(m) => {
-                self.known().insert(m.uuid);
-            }
-            MachineEvent::Deleted { uuid } => {
-                self.known().remove(uuid);
-            }
-            _ => {}
-        }
+        // What `/global` sockets were told exists. After a resync, events still buffered may
+        // be older than what the resync announced: a socket is told of a machine's creation,
+        // deletion or change only against what it was told, never twice, never of a machine
+        // it does not know.
+        let globally_known = match e {
+            MachineEvent::Created(m) => self.known().insert(m.uuid),
+            MachineEvent::Deleted { uuid } => self.known().remove(uuid),
+            MachineEvent::Updated(m) => self.known().contains(&m.uuid),
+            MachineEvent::RelationsChanged { machine, .. } => self.known().contains(&machine.uuid),
+            _ => false,
+        };
         let mut subs = self.lock();
         match e {
             MachineEvent::Created(m) => {
                 let body = encode(&m.properties(&self.machines.usernames()));
                 let msg = envelope("CREATE", &body);
                 for sub in subs.values_mut() {
-                    match sub.kind {
-                        Kind::Global => {
-                            sub.ctl.push(msg.clone());
-                        }
-                        Kind::Account if involved(&sub.user, m) => {
-                            sub.set.insert(m.uuid);
-                            sub.rekey();
-                            sub.ctl.push(msg.clone());
-                        }
-                        _ => {}
+                    let tell = match sub.kind {
+                        Kind::Global => globally_known,
+                        Kind::Account => involved(&sub.user, m) && sub.set.insert(m.uuid),
+                        Kind::Subscribed => false,
+                    };
+                    if tell {
+                        sub.rekey();
+                        sub.ctl.push(msg.clone());
                     }
                 }
             }
@@ -516,19 +526,26 @@ impl Hub {
                     encode(&m.properties(&self.machines.usernames())).as_str(),
                 )));
                 let msg = envelope("DATA_STATIC", &body);
-                for sub in subs.values().filter(|s| s.follows(&m.uuid)) {
-                    sub.ctl.push(msg.clone());
+                for sub in subs.values() {
+                    if sub.told_of(&m.uuid, globally_known) {
+                        sub.ctl.push(msg.clone());
+                    }
                 }
             }
             MachineEvent::Deleted { uuid } => {
                 let msg = envelope("DELETE", &encode(&serde_json::json!({ "uuid": uuid })));
-                for sub in subs.values_mut().filter(|s| s.follows(uuid)) {
-                    sub.set.remove(uuid);
-                    sub.rekey();
-                    sub.ctl.push(msg.clone());
+                for sub in subs.values_mut() {
+                    let tell = match sub.kind {
+                        Kind::Global => globally_known,
+                        Kind::Account | Kind::Subscribed => sub.set.remove(uuid),
+                    };
+                    if tell {
+                        sub.rekey();
+                        sub.ctl.push(msg.clone());
+                    }
                 }
             }
-            MachineEvent::RelationsChanged { machine, before } => {
+            MachineEvent::RelationsChanged { machine, .. } => {
                 let names = self.machines.usernames();
                 let props = encode(&machine.properties(&names));
                 drop(names);
@@ -544,11 +561,14 @@ impl Hub {
                 for sub in subs.values_mut() {
                     match sub.kind {
                         Kind::Global => {
-                            sub.ctl.push(statik.clone());
+                            if globally_known {
+                                sub.ctl.push(statik.clone());
+                            }
                         }
                         Kind::Account => {
-                            let was = before.owner == Some(sub.user.uuid)
-                                || before.clients.contains(&sub.user.uuid);
+                            // What the socket was told (after a resync, `before` may be older
+                            // than that).
+                            let was = sub.set.contains(&machine.uuid);
                             let now = involved(&sub.user, machine);
                             match (was, now) {
                                 (false, true) => {

@@ -221,7 +221,8 @@ impl Hub {
                 match rx.recv().await {
                     Ok(e) => hub.on_event(&e),
                     Err(RecvError::Lagged(n)) => {
-                        tracing::error!(missed = n, "vms hub fell behind");
+                        tracing::error!(missed = n, "vms hub fell behind; rechecking its sockets");
+                        hub.resync();
                     }
                     Err(RecvError::Closed) => break,
                 }
@@ -352,6 +353,44 @@ impl Hub {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// After missed events: every monitor gets its machine's current status, and every
+    /// socket is checked against the registry as the missed events would have: a deleted
+    /// machine ends its monitors (`VM_NOT_FOUND`) and consoles (`eof`), lost access closes
+    /// 4403. Console output among the missed events is gone (as from a serial line).
+    fn resync(&self) {
+        for (uuid, set) in self.lock_monitors().iter() {
+            let Some(m) = self.machines.get(*uuid) else {
+                let msg = error("VM_NOT_FOUND", "the machine was deleted", None);
+                for mon in set.values() {
+                    mon.ctl.send(msg.clone());
+                    mon.ctl.close(CloseWith::new(1000, "machine deleted"));
+                }
+                continue;
+            };
+            let msg = status_message(&m);
+            for mon in set.values() {
+                mon.ctl.send(msg.clone());
+                if let Some(user) = mon.seen.user() {
+                    mon.recheck(Kind::Monitor, &user, &m);
+                }
+            }
+        }
+        for sub in self.lock_consoles().values() {
+            let Some(m) = self.machines.get(sub.machine) else {
+                sub.member
+                    .ctl
+                    .send(message("console", json!({"content": "", "eof": true})));
+                sub.member
+                    .ctl
+                    .close(CloseWith::new(1000, "machine deleted"));
+                continue;
+            };
+            if let Some(user) = sub.member.seen.user() {
+                sub.member.recheck(Kind::Console, &user, &m);
+            }
         }
     }
 
