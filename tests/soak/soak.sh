@@ -21,6 +21,8 @@ if [[ -z $BIN ]]; then
     if [[ -x $ROOT/target/release/orchard ]]; then BIN=$ROOT/target/release/orchard; else BIN=$ROOT/target/debug/orchard; fi
 fi
 [[ -x $BIN ]] || { echo "no orchard binary at $BIN (cargo build first)" >&2; exit 2; }
+# Every ORCHARD_* variable is a configuration key to the daemon, which refuses unknown ones.
+unset ORCHARD_BIN
 SETTLE=${SETTLE:-30}
 FD_SLACK=${FD_SLACK:-5}
 THREAD_SLACK=${THREAD_SLACK:-4}
