@@ -502,11 +502,6 @@ fn on_server_text(text: &str, allow: bool, out: &mpsc::UnboundedSender<Value>) {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let id = msg
-        .get("command_id")
-        .or_else(|| msg.get("request_id"))
-        .cloned()
-        .unwrap_or(Value::Null);
     let s = |k: &str| msg.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let timeout = Duration::from_secs(
         msg.get("timeout")
@@ -525,6 +520,14 @@ fn on_server_text(text: &str, allow: bool, out: &mpsc::UnboundedSender<Value>) {
         "auth_success" | "pong" | "heartbeat" => return,
         other => {
             tracing::debug!(kind = other, "unknown message from the server skipped");
+            return;
+        }
+    };
+    // An answer goes back under the job's id; a job without one could be answered to no one.
+    let id = match msg.get("command_id").or_else(|| msg.get("request_id")) {
+        Some(Value::String(id)) if !id.is_empty() => Value::String(id.clone()),
+        _ => {
+            tracing::warn!(kind, "a job without a command_id skipped");
             return;
         }
     };

@@ -1041,6 +1041,10 @@ where
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
                 let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                // Whatever the real agent sends must be what the daemon documents receiving.
+                if let Err(e) = crate::apidocs::received_message_conforms("/api/v1/agents/ws", &v) {
+                    panic!("the agent sent what assets/api/asyncapi.yaml does not allow: {e}");
+                }
                 if v["type"] == want {
                     return v;
                 }

@@ -34,7 +34,8 @@ struct Docs {
     registry: &'static Registry<'static>,
     /// Compiled validators by schema URI (`document#pointer`).
     validators: Mutex<HashMap<String, Arc<Validator>>>,
-    /// What the daemon may send on each WebSocket path.
+    /// What may pass on each WebSocket path, by direction (`send`: from the daemon,
+    /// `receive`: to it), keyed `"{action} {path}"`.
     sent: Mutex<HashMap<String, Candidates>>,
 }
 
@@ -336,10 +337,10 @@ fn message_types(doc: &Value, message: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Pointers (`/components/messages/X`) of what the daemon sends on the channels whose
-/// address matches `path`: the messages of their `send` operations (all of a channel's
-/// messages when an operation lists none).
-fn sent_messages(path: &str) -> Result<BTreeSet<String>, String> {
+/// Pointers (`/components/messages/X`) of what the daemon sends (`action` "send") or
+/// receives ("receive") on the channels whose address matches `path`: the messages of their
+/// operations with that action (all of a channel's messages when an operation lists none).
+fn operation_messages(path: &str, action: &str) -> Result<BTreeSet<String>, String> {
     let doc = docs().asyncapi;
     let channels = doc["channels"]
         .as_object()
@@ -357,7 +358,7 @@ fn sent_messages(path: &str) -> Result<BTreeSet<String>, String> {
             .flatten()
             .map(|(_, o)| o)
         {
-            if op["action"] != "send" || op["channel"]["$ref"] != ch_ref.as_str() {
+            if op["action"] != action || op["channel"]["$ref"] != ch_ref.as_str() {
                 continue;
             }
             match op["messages"].as_array() {
@@ -390,9 +391,18 @@ fn sent_messages(path: &str) -> Result<BTreeSet<String>, String> {
 /// document: among the messages its channel sends, those with this `type` are the
 /// candidates, and the message must match one of them.
 pub fn message_conforms(path: &str, msg: &Value) -> Result<(), String> {
+    conforms(path, "send", msg)
+}
+
+/// [`message_conforms`] for a message sent *to* the daemon (by the real `orchard agent`).
+pub fn received_message_conforms(path: &str, msg: &Value) -> Result<(), String> {
+    conforms(path, "receive", msg)
+}
+
+fn conforms(path: &str, action: &str, msg: &Value) -> Result<(), String> {
     let d = docs();
     let ty = msg["type"].as_str().unwrap_or_default();
-    let sent = candidates(path)?;
+    let sent = candidates(path, action)?;
     let mut complaints = Vec::new();
     for (m, _) in sent
         .iter()
@@ -415,16 +425,17 @@ pub fn message_conforms(path: &str, msg: &Value) -> Result<(), String> {
     ))
 }
 
-/// [`sent_messages`] of `path` with their types, worked out once per path.
-fn candidates(path: &str) -> Result<Candidates, String> {
+/// [`operation_messages`] of `path` with their types, worked out once per path and action.
+fn candidates(path: &str, action: &str) -> Result<Candidates, String> {
     let d = docs();
-    if let Some(c) = d.sent.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+    let key = format!("{action} {path}");
+    if let Some(c) = d.sent.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(c.clone());
     }
-    let sent = sent_messages(path)?;
+    let sent = operation_messages(path, action)?;
     if sent.is_empty() {
         return Err(format!(
-            "{path}: no channel of asyncapi.yaml has this address"
+            "{path}: no channel of asyncapi.yaml has this address with a {action} operation"
         ));
     }
     let list = sent
@@ -435,7 +446,7 @@ fn candidates(path: &str) -> Result<Candidates, String> {
     d.sent
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(path.to_owned(), list.clone());
+        .insert(key, list.clone());
     Ok(list)
 }
 
@@ -577,7 +588,8 @@ async fn served_documents_are_openapi_3_1_and_asyncapi_3_0_and_resolve() {
     for (id, ch) in asyncapi["channels"].as_object().unwrap() {
         channels += 1;
         let address = ch["address"].as_str().unwrap();
-        let sent = sent_messages(&address.replace('{', "x-").replace('}', "")).unwrap();
+        let sent =
+            operation_messages(&address.replace('{', "x-").replace('}', ""), "send").unwrap();
         assert!(!sent.is_empty(), "channel {id} sends nothing");
         for m in ch["messages"].as_object().unwrap().keys() {
             let p = follow(
