@@ -179,26 +179,23 @@ pub async fn serve_stream(
     mut ws: Socket,
     server_id: String,
     kind: StreamKind,
-    request_token: Option<String>,
+    request_credential: super::Credential,
     unauthenticated: crate::ws::Unauthenticated,
 ) {
-    let token = match request_token {
-        Some(t) => Some(t),
-        None => match first_message(&state, &mut ws).await {
-            Ok(first) => first
-                .get("token")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+    let credential = match request_credential {
+        super::Credential::None => match first_message(&state, &mut ws).await {
+            Ok(first) => super::Credential::of(&state, first.get("token").and_then(Value::as_str)),
             Err((msg, close)) => {
                 conn::refuse(ws, msg, close).await;
                 return;
             }
         },
+        presented => presented,
     };
     let max = usize::try_from(state.config.ws.max_message).unwrap_or(usize::MAX);
     let ctl = Control::new(state.config.ws.send_queue);
     // Registered before the user is read, so that a revocation meanwhile is not missed.
-    let admitted = super::admit(&state, token.as_deref(), Some(Permission::ViewAllVms), &ctl).await;
+    let admitted = super::admit(&state, credential, Some(Permission::ViewAllVms), &ctl).await;
     drop(unauthenticated);
     let (actor, registration) = match admitted {
         Ok(pair) => pair,

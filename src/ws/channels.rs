@@ -417,11 +417,11 @@ fn invalid(message: &str, id: Option<&Value>) -> Text {
 pub async fn serve(
     state: AppState,
     ws: Socket,
-    token: Option<String>,
+    credential: super::Credential,
     unauthenticated: crate::ws::Unauthenticated,
 ) {
     let ctl = Control::new(state.config.ws.send_queue);
-    let admitted = super::admit(&state, token.as_deref(), None, &ctl).await;
+    let admitted = super::admit(&state, credential, None, &ctl).await;
     drop(unauthenticated);
     let (actor, registration) = match admitted {
         Ok(a) => a,

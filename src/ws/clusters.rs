@@ -86,21 +86,13 @@ impl Hub {
 pub async fn serve(
     state: AppState,
     ws: Socket,
-    token: Option<String>,
+    credential: super::Credential,
     unauthenticated: crate::ws::Unauthenticated,
 ) {
     let ctl = Control::new(state.config.ws.send_queue);
-    let admitted = match token {
-        Some(t) => match super::admit(&state, Some(&t), None, &ctl).await {
-            Ok(a) => Some(a),
-            Err(refusal) => {
-                drop(unauthenticated);
-                conn::refuse(ws, None, refusal.close()).await;
-                return;
-            }
-        },
-        None if anonymous_allowed(&state) => None,
-        None => {
+    let admitted = match credential {
+        super::Credential::None if anonymous_allowed(&state) => None,
+        super::Credential::None => {
             drop(unauthenticated);
             conn::refuse(
                 ws,
@@ -110,6 +102,14 @@ pub async fn serve(
             .await;
             return;
         }
+        c => match super::admit(&state, c, None, &ctl).await {
+            Ok(a) => Some(a),
+            Err(refusal) => {
+                drop(unauthenticated);
+                conn::refuse(ws, None, refusal.close()).await;
+                return;
+            }
+        },
     };
     drop(unauthenticated);
     let exp = admitted.as_ref().map(|(actor, _)| actor.claims.exp);

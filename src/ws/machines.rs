@@ -685,14 +685,14 @@ pub async fn serve(
     state: AppState,
     ws: Socket,
     kind: Kind,
-    token: Option<String>,
+    credential: super::Credential,
     query: Option<String>,
     unauthenticated: crate::ws::Unauthenticated,
 ) {
     let needs = (kind == Kind::Global).then_some(Permission::ViewAllVms);
     let ctl = Control::new(state.config.ws.send_queue);
-    let admitted = super::admit(&state, token.as_deref(), needs, &ctl).await;
-    drop((unauthenticated, token));
+    let admitted = super::admit(&state, credential, needs, &ctl).await;
+    drop(unauthenticated);
     let (actor, registration) = match admitted {
         Ok(a) => a,
         Err(refusal) => {

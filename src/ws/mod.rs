@@ -174,9 +174,9 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
     // `ws.max_unauthenticated_per_ip` of them from one address. A request whose token
     // verifies (signature and expiry: no database read) is not held behind them, so a flood
     // of sockets that never authenticate cannot lock a user with a valid token out.
-    let presigned = token
-        .as_deref()
-        .is_some_and(|t| state.tokens.verify(t).is_ok());
+    let credential = Credential::of(&state, token.as_deref());
+    drop(token);
+    let presigned = matches!(credential, Credential::Valid(_));
     let Some(unauth) = state.ws.unauthenticated(peer, presigned) else {
         return error_response(&Error::Busy(
             "too many unauthenticated WebSockets; retry".into(),
@@ -204,18 +204,24 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
         let ws = frame::WebSocket::new(io, max);
         match endpoint {
             Endpoint::Machines(kind) => {
-                machines::serve(state, ws, kind, token, query, unauth).await;
+                machines::serve(state, ws, kind, credential, query, unauth).await;
             }
-            Endpoint::Vms(name, kind) => vms::serve(state, ws, name, kind, token, unauth).await,
+            Endpoint::Vms(name, kind) => {
+                vms::serve(state, ws, name, kind, credential, unauth).await;
+            }
             Endpoint::Clusters { with_token } => {
-                let token = if with_token { token } else { None };
-                clusters::serve(state, ws, token, unauth).await;
+                let credential = if with_token {
+                    credential
+                } else {
+                    Credential::None
+                };
+                clusters::serve(state, ws, credential, unauth).await;
             }
-            Endpoint::Channels => channels::serve(state, ws, token, unauth).await,
+            Endpoint::Channels => channels::serve(state, ws, credential, unauth).await,
             Endpoint::Echo => echo::serve(ws, unauth).await,
             Endpoint::Agent => agents::serve_agent(state, ws, unauth).await,
             Endpoint::ServerStream(id, kind) => {
-                agents::serve_stream(state, ws, id, kind, token, unauth).await;
+                agents::serve_stream(state, ws, id, kind, credential, unauth).await;
             }
         }
     };
@@ -498,18 +504,37 @@ fn judge(
     Ok(without_hash(&user))
 }
 
+/// The token a WebSocket presented, verified once (signature and expiry, no database read):
+/// at the upgrade for a token in the request, which is also what lets it past the cap on
+/// unauthenticated sockets, or when it arrives in a first message.
+pub enum Credential {
+    None,
+    Invalid,
+    Valid(auth::token::Claims),
+}
+
+impl Credential {
+    pub fn of(state: &AppState, token: Option<&str>) -> Self {
+        match token.map(|t| state.tokens.verify(t)) {
+            None => Self::None,
+            Some(Ok(claims)) => Self::Valid(claims),
+            Some(Err(_)) => Self::Invalid,
+        }
+    }
+}
+
 /// Admits a WebSocket: checks its token and registers the socket for revocation. The socket
 /// is registered *before* its user is read, so a revocation committed at any moment is
 /// either seen by that read or reaches the registered socket (no gap in which it is lost).
 pub async fn admit(
     state: &AppState,
-    token: Option<&str>,
+    credential: Credential,
     needs: Option<Permission>,
     ctl: &Arc<Control>,
 ) -> Result<(Actor, Registration), Refusal> {
-    let claims = token
-        .and_then(|t| state.tokens.verify(t).ok())
-        .ok_or(Refusal::BadToken)?;
+    let Credential::Valid(claims) = credential else {
+        return Err(Refusal::BadToken);
+    };
     let uuid = Uuid::parse_str(&claims.sub).map_err(|_| Refusal::BadToken)?;
     let mut registration = state.ws.register(uuid, claims.token_version, needs, ctl);
     let read = state.db.run(move |db| db.user_by_uuid(uuid)).await;

@@ -489,12 +489,12 @@ pub async fn serve(
     ws: Socket,
     name: String,
     kind: Kind,
-    token: Option<String>,
+    credential: super::Credential,
     unauthenticated: crate::ws::Unauthenticated,
 ) {
     let ctl = Control::new(state.config.ws.send_queue);
     let needs = (kind == Kind::Console).then_some(Permission::AccessConsole);
-    let admitted = super::admit(&state, token.as_deref(), needs, &ctl).await;
+    let admitted = super::admit(&state, credential, needs, &ctl).await;
     drop(unauthenticated);
     let (actor, registration) = match admitted {
         Ok(a) => a,
