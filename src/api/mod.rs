@@ -5,6 +5,8 @@ pub mod assets;
 mod auth;
 mod clusters;
 mod machines;
+#[cfg(test)]
+mod operations;
 mod router;
 mod servers;
 mod users;

@@ -474,23 +474,7 @@ mod tests {
     fn documented() -> std::collections::BTreeSet<(String, String, bool)> {
         let doc: serde_json::Value =
             serde_norway::from_str(include_str!("../../assets/api/openapi.yaml")).unwrap();
-        let public_by_default = doc["security"].as_array().is_some_and(Vec::is_empty);
-        let mut out = std::collections::BTreeSet::new();
-        for (path, item) in doc["paths"].as_object().unwrap() {
-            for (method, op) in item.as_object().unwrap() {
-                if !["get", "put", "post", "delete", "patch", "head", "options"]
-                    .contains(&method.as_str())
-                {
-                    continue;
-                }
-                let public = match op.get("security") {
-                    Some(s) => s.as_array().is_some_and(Vec::is_empty),
-                    None => public_by_default,
-                };
-                out.insert((method.to_uppercase(), path.clone(), public));
-            }
-        }
-        out
+        crate::api::operations::operations(&doc)
     }
 
     /// The route table and the OpenAPI document name the same routes (method and path

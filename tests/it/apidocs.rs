@@ -65,24 +65,13 @@ fn docs() -> &'static Docs {
     })
 }
 
+#[path = "../../src/api/operations.rs"]
+mod openapi_operations;
+
 /// `(METHOD, path template, public)` of every operation in the OpenAPI document, which the
-/// router's unit test keeps equal to the route table.
-pub fn operations() -> Vec<(String, String, bool)> {
-    let d = docs();
-    let public_by_default = d.openapi["security"].as_array().is_some_and(Vec::is_empty);
-    let mut out = Vec::new();
-    for (path, item) in d.openapi["paths"].as_object().into_iter().flatten() {
-        for (method, op) in item.as_object().into_iter().flatten() {
-            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
-                let public = match op.get("security") {
-                    Some(s) => s.as_array().is_some_and(Vec::is_empty),
-                    None => public_by_default,
-                };
-                out.push((method.to_uppercase(), path.clone(), public));
-            }
-        }
-    }
-    out
+/// router's unit test keeps equal to the route table (the same code: `src/api/operations.rs`).
+pub fn operations() -> std::collections::BTreeSet<(String, String, bool)> {
+    openapi_operations::operations(docs().openapi)
 }
 
 /// `~` and `/` escaped for a JSON pointer segment.
