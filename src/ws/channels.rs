@@ -567,21 +567,95 @@ fn command_failed(
     )
 }
 
+/// One job asked for on a socket (a command or a package operation): its execution id, its
+/// host and the request it answers.
+struct Job {
+    channel: &'static str,
+    execution_id: String,
+    /// `data.host_id` as given (echoed in failures).
+    host: Value,
+    host_id: String,
+    id: Option<Value>,
+    ctl: Arc<Control>,
+}
+
+impl Job {
+    /// What every job checks first: the permission it needs, then `data.host_id`; a failure
+    /// is answered on the socket.
+    fn start(
+        channel: &'static str,
+        (needs, refusal): (Permission, &str),
+        user: &User,
+        ctl: Arc<Control>,
+        data: &Value,
+        id: Option<Value>,
+    ) -> Option<Self> {
+        let mut job = Self {
+            channel,
+            execution_id: uuid::Uuid::new_v4().to_string(),
+            host: data.get("host_id").cloned().unwrap_or(Value::Null),
+            host_id: String::new(),
+            id,
+            ctl,
+        };
+        if !user.has(needs) {
+            job.fail(refusal);
+            return None;
+        }
+        let Some(host_id) = job.host.as_str().map(str::to_owned) else {
+            job.fail("data.host_id is required");
+            return None;
+        };
+        job.host_id = host_id;
+        Some(job)
+    }
+
+    fn fail(&self, message: &str) {
+        self.ctl.send(command_failed(
+            self.channel,
+            message,
+            &self.host,
+            &self.execution_id,
+            self.id.as_ref(),
+        ));
+    }
+
+    fn respond(&self, data: Value) {
+        self.ctl
+            .send(reply("response", self.channel, data, self.id.as_ref()));
+    }
+
+    /// Audits the job before it runs; false (answered as failed) when that cannot be done.
+    async fn audited(&self, state: &AppState, entry: AuditEntry) -> bool {
+        match state.record(entry, false).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, channel = self.channel, "cannot audit a job; not run");
+                self.fail(if self.channel == "command_execution" {
+                    "the command could not be recorded; not run"
+                } else {
+                    "the operation could not be recorded; not run"
+                });
+                false
+            }
+        }
+    }
+}
+
 /// `command` on `command_execution`: runs through the host's agent (or, when allowed, on the
 /// local host); the answer goes to this socket only. Every command is audited first.
 fn command(state: &AppState, user: User, ctl: Arc<Control>, data: Value, id: Option<Value>) {
-    const CH: &str = "command_execution";
-    let execution_id = uuid::Uuid::new_v4().to_string();
-    let host = data.get("host_id").cloned().unwrap_or(Value::Null);
-    let fail = |m: &str| command_failed(CH, m, &host, &execution_id, id.as_ref());
-    if !user.has(Permission::ExecuteCommands) {
-        ctl.send(fail(
+    let Some(job) = Job::start(
+        "command_execution",
+        (
+            Permission::ExecuteCommands,
             "Insufficient permissions: commands need EXECUTE_COMMANDS",
-        ));
-        return;
-    }
-    let Some(host_id) = host.as_str().map(str::to_owned) else {
-        ctl.send(fail("data.host_id is required"));
+        ),
+        &user,
+        ctl,
+        &data,
+        id,
+    ) else {
         return;
     };
     let docker = data.get("docker").cloned();
@@ -591,12 +665,13 @@ fn command(state: &AppState, user: User, ctl: Arc<Control>, data: Value, id: Opt
         .unwrap_or("")
         .to_owned();
     if docker.is_none() && command.trim().is_empty() {
-        ctl.send(fail("data.command is required"));
+        job.fail("data.command is required");
         return;
     }
     let timeout = command_timeout(&data, state.agents.command_timeout());
     let st = state.clone();
     tokio::spawn(async move {
+        let host_id = job.host_id.clone();
         let hostname = st.hosts.hostname(&host_id).unwrap_or_default();
         let what = match &docker {
             Some(d) => format!(
@@ -610,15 +685,7 @@ fn command(state: &AppState, user: User, ctl: Arc<Control>, data: Value, id: Opt
             .actor_id(user.uuid)
             .target(host_id.clone())
             .detail(what.chars().take(1024).collect::<String>());
-        if let Err(e) = st.record(audit, false).await {
-            tracing::error!(error = %e, "cannot audit a command; not run");
-            ctl.send(command_failed(
-                CH,
-                "the command could not be recorded; not run",
-                &host,
-                &execution_id,
-                id.as_ref(),
-            ));
+        if !job.audited(&st, audit).await {
             return;
         }
         st.agents.log(
@@ -627,7 +694,7 @@ fn command(state: &AppState, user: User, ctl: Arc<Control>, data: Value, id: Opt
             &format!("{} runs: {}", user.username, what),
         );
         let started = std::time::Instant::now();
-        let mut out = json!({"execution_id": execution_id, "host_id": host_id,
+        let mut out = json!({"execution_id": job.execution_id, "host_id": host_id,
             "hostname": hostname, "command": what});
         let result = match &docker {
             Some(d) => st
@@ -665,12 +732,12 @@ fn command(state: &AppState, user: User, ctl: Arc<Control>, data: Value, id: Opt
             Ok(()) => {
                 st.agents
                     .log(&host_id, "INFO", &format!("command finished: {what}"));
-                ctl.send(reply("response", CH, out, id.as_ref()));
+                job.respond(out);
             }
             Err(e) => {
                 st.agents
                     .log(&host_id, "WARNING", &format!("command failed: {what}: {e}"));
-                ctl.send(command_failed(CH, &e, &host, &execution_id, id.as_ref()));
+                job.fail(&e);
             }
         }
     });
@@ -696,23 +763,22 @@ fn package_operation(
     data: Value,
     id: Option<Value>,
 ) {
-    const CH: &str = "package_operations";
-    let execution_id = uuid::Uuid::new_v4().to_string();
-    let host = data.get("host_id").cloned().unwrap_or(Value::Null);
-    let fail = |m: &str| command_failed(CH, m, &host, &execution_id, id.as_ref());
-    if !user.has(Permission::ManageSystemResources) {
-        ctl.send(fail(
+    let Some(job) = Job::start(
+        "package_operations",
+        (
+            Permission::ManageSystemResources,
             "Insufficient permissions: package operations need MANAGE_SYSTEM_RESOURCES",
-        ));
-        return;
-    }
-    let Some(host_id) = host.as_str().map(str::to_owned) else {
-        ctl.send(fail("data.host_id is required"));
+        ),
+        &user,
+        ctl,
+        &data,
+        id,
+    ) else {
         return;
     };
     let operation = data.get("operation").and_then(Value::as_str).unwrap_or("");
     if !["install", "update", "remove"].contains(&operation) {
-        ctl.send(fail("data.operation must be install, update or remove"));
+        job.fail("data.operation must be install, update or remove");
         return;
     }
     let operation = operation.to_owned();
@@ -722,29 +788,22 @@ fn package_operation(
         .unwrap_or("")
         .to_owned();
     if !crate::agent::packages::valid_package(&package) {
-        ctl.send(fail("data.package is not a valid package name"));
+        job.fail("data.package is not a valid package name");
         return;
     }
     let st = state.clone();
     let hub = hub.clone();
     tokio::spawn(async move {
+        let host_id = job.host_id.clone();
         let hostname = st.hosts.hostname(&host_id).unwrap_or_default();
         let audit = AuditEntry::new(user.username.clone(), format!("package.{operation}"))
             .actor_id(user.uuid)
             .target(host_id.clone())
             .detail(package.clone());
-        if let Err(e) = st.record(audit, false).await {
-            tracing::error!(error = %e, "cannot audit a package operation; not run");
-            ctl.send(command_failed(
-                CH,
-                "the operation could not be recorded; not run",
-                &host,
-                &execution_id,
-                id.as_ref(),
-            ));
+        if !job.audited(&st, audit).await {
             return;
         }
-        let base = json!({"execution_id": execution_id, "host_id": host_id, "hostname": hostname,
+        let base = json!({"execution_id": job.execution_id, "host_id": host_id, "hostname": hostname,
             "operation": operation, "package": package});
         let emit = |p: &Value| {
             let mut d = base.clone();
@@ -785,7 +844,7 @@ fn package_operation(
                     "INFO",
                     &format!("{operation} {package}: {}", d["status"]),
                 );
-                ctl.send(reply("response", CH, d, id.as_ref()));
+                job.respond(d);
             }
             Err(e) => {
                 let mut d = base.clone();
@@ -801,7 +860,7 @@ fn package_operation(
                     "WARNING",
                     &format!("{operation} {package} failed: {e}"),
                 );
-                ctl.send(command_failed(CH, &e, &host, &execution_id, id.as_ref()));
+                job.fail(&e);
             }
         }
     });
