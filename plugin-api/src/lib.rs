@@ -6,8 +6,9 @@
 //!
 //! * [`abi`] — the `#[repr(C)]` ABI, mirrored for C by `include/orchard_plugin.h`.
 //! * [`types`] — the JSON documents that cross it.
-//! * [`rules`], [`power`], [`settings`] — what backends share: the power rules and wording,
-//!   the power-transition tracker, and typed reading of a plugin's settings table.
+//! * [`rules`], [`power`], [`settings`], [`link`] — what backends share: the power rules and
+//!   wording, the power-transition tracker, typed reading of a plugin's settings table, and
+//!   the connection to an engine with the reporting to the host.
 //! * [`Backend`] and [`export_backend!`] — write a safe Rust backend and get the
 //!   `extern "C"` shims generated, with every call guarded by `catch_unwind` (a backend that
 //!   panicked is poisoned and refuses further calls).
@@ -22,6 +23,7 @@ compile_error!("Orchard plugins must be built with panic = \"unwind\" (the defau
 pub mod abi;
 #[doc(hidden)]
 pub mod export;
+pub mod link;
 pub mod power;
 pub mod rules;
 pub mod settings;

@@ -41,8 +41,7 @@ mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -54,6 +53,7 @@ use bollard::query_parameters::{
     StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, stream};
+use orchard_plugin_api::link::{Connection, Reporter};
 use orchard_plugin_api::power::{self, OffWording, Pending, is_off};
 use orchard_plugin_api::{
     Backend, ConsoleOpened, CreateSpec, Describe, DiskInfo, Event, Host, InitConfig, LogLevel,
@@ -131,14 +131,12 @@ struct State {
 }
 
 struct Core {
-    host: Host,
+    report: Reporter,
     settings: Settings,
     rt: tokio::runtime::Handle,
-    link: RwLock<Option<Arc<Link>>>,
-    /// Why there is no engine, while there is none.
-    down: Mutex<String>,
+    /// The engine, or why there is none.
+    link: Connection<Link>,
     state: Mutex<State>,
-    stopped: AtomicBool,
     /// Wakes the supervisor: the link was lost, or the plugin stops.
     wake: tokio::sync::Notify,
     this: Weak<Core>,
@@ -293,49 +291,30 @@ fn now_iso() -> String {
 
 impl Core {
     fn log(&self, level: LogLevel, message: &str) {
-        self.host.log(level, &format!("containers: {message}"));
+        self.report.log(level, message);
     }
 
     /// Emits one event (while the state lock is held by the caller); nothing after shutdown.
     fn emit(&self, _st: &mut State, event: Event) {
-        if !self.stopped.load(Ordering::SeqCst) {
-            self.host.emit(&event);
-        }
+        self.report.emit(&event);
     }
 
     /// Emits `state_changed` unless `status` is what was last reported.
     fn status(&self, st: &mut State, uuid: &str, status: MachineStatus) {
         let t = st.tracks.entry(uuid.to_owned()).or_default();
-        if t.last == Some(status) {
-            return;
-        }
-        t.last = Some(status);
-        if is_off(status) {
+        if self.report.status(&mut t.last, uuid, status) && is_off(status) {
             t.cpu = None;
             t.figures = None;
         }
-        self.emit(
-            st,
-            Event::StateChanged {
-                uuid: uuid.to_owned(),
-                status,
-            },
-        );
+    }
+
+    fn stopped(&self) -> bool {
+        self.report.is_stopped()
     }
 
     fn link(&self) -> PluginResult<Arc<Link>> {
-        if let Some(l) = self
-            .link
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Ok(l);
-        }
-        Err(PluginError::Failed(format!(
-            "the containers backend is not operational: {}",
-            lock(&self.down)
-        )))
+        self.link
+            .get(|why| format!("the containers backend is not operational: {why}"))
     }
 
     /// Runs `fut` on the plugin's runtime and waits for it, at most the call bound.
@@ -924,7 +903,7 @@ impl Core {
             }
             let _ = input.shutdown().await;
         });
-        let (host, sid, o) = (self.host, session.clone(), open.clone());
+        let (host, sid, o) = (*self.report.host(), session.clone(), open.clone());
         let weak = self.this.clone();
         // Registered before the reader runs, so that an early end finds the session.
         let mut st = lock(&self.state);
@@ -1011,7 +990,7 @@ impl Core {
     async fn supervise(self: Arc<Self>, mut first: Option<Arc<Link>>) {
         let mut generation = 1;
         loop {
-            if self.stopped.load(Ordering::SeqCst) {
+            if self.stopped() {
                 return;
             }
             let link = match first.take() {
@@ -1029,7 +1008,7 @@ impl Core {
                     self.follow(link).await;
                 }
                 Err(e) => {
-                    *lock(&self.down) = e;
+                    self.link.failed(e);
                     tokio::select! {
                         _ = tokio::time::sleep(self.settings.reconnect_interval) => {}
                         _ = self.wake.notified() => {}
@@ -1045,7 +1024,7 @@ impl Core {
         let opts = EventsOptionsBuilder::default().filters(&filters).build();
         let mut events = link.docker.events(Some(opts));
         // Subscribed first, then caught up: no change is missed in between.
-        *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
+        self.link.up(link.clone());
         self.log(
             LogLevel::Info,
             &format!(
@@ -1064,21 +1043,15 @@ impl Core {
                 },
                 _ = self.wake.notified() => break "the plugin is stopping".to_owned(),
             }
-            if self.stopped.load(Ordering::SeqCst) {
+            if self.stopped() {
                 break "the plugin is stopping".to_owned();
             }
         };
         let reason = format!("lost the engine at {}: {reason}", link.socket);
-        if !self.stopped.load(Ordering::SeqCst) {
+        if !self.stopped() {
             self.log(LogLevel::Warn, &format!("{reason}; reconnecting"));
         }
-        *lock(&self.down) = reason;
-        {
-            let mut w = self.link.write().unwrap_or_else(PoisonError::into_inner);
-            if w.as_ref().is_some_and(|l| l.generation == link.generation) {
-                *w = None;
-            }
-        }
+        drop(self.link.lost(reason, |l| l.generation == link.generation));
         let mut st = lock(&self.state);
         let ids: Vec<String> = st.sessions.keys().cloned().collect();
         for id in ids {
@@ -1153,13 +1126,11 @@ impl Containers {
             .build()
             .map_err(|e| PluginError::Failed(format!("cannot start a runtime: {e}")))?;
         let core = Arc::new_cyclic(|this| Core {
-            host,
+            report: Reporter::new(host, "containers"),
             settings,
             rt: runtime.handle().clone(),
-            link: RwLock::new(None),
-            down: Mutex::new("not connected yet".into()),
+            link: Connection::new("not connected yet"),
             state: Mutex::new(State::default()),
-            stopped: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             this: this.clone(),
         });
@@ -1177,7 +1148,7 @@ impl Containers {
                             c.settings.reconnect_interval.as_secs_f64()
                         ),
                     );
-                    *lock(&c.down) = e;
+                    c.link.failed(e);
                     None
                 }
             };
@@ -1192,7 +1163,7 @@ impl Containers {
                 }
                 // Usable as soon as init returns; the supervisor subscribes to its events
                 // and catches up with what changed in between.
-                *c.link.write().unwrap_or_else(PoisonError::into_inner) = Some(l.clone());
+                c.link.up(l.clone());
             }
             first
         });
@@ -1206,7 +1177,7 @@ impl Containers {
 
     fn stop(&self) {
         let core = &self.core;
-        if core.stopped.swap(true, Ordering::SeqCst) {
+        if !core.report.stop() {
             return;
         }
         core.wake.notify_waiters();
@@ -1220,7 +1191,7 @@ impl Containers {
         if let Some(rt) = lock(&self.runtime).take() {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
-        *core.link.write().unwrap_or_else(PoisonError::into_inner) = None;
+        drop(core.link.close());
     }
 }
 

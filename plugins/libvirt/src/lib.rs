@@ -37,10 +37,11 @@ mod xml;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use orchard_plugin_api::link::{Connection, Reporter};
 use orchard_plugin_api::power::{self, OffWording, Pending, is_off};
 use orchard_plugin_api::{
     Backend, ConsoleOpened, CreateSpec, Describe, DiskInfo, DiskUsage, Event, Host, InitConfig,
@@ -143,15 +144,13 @@ struct State {
 }
 
 struct Core {
-    host: Host,
+    report: Reporter,
     settings: Settings,
-    link: RwLock<Option<Arc<Link>>>,
-    /// Why there is no connection, while there is none.
-    down: Mutex<String>,
+    /// The connection, or why there is none.
+    link: Connection<Link>,
     state: Mutex<State>,
     /// Signalled after every lifecycle event and at shutdown.
     changed: Condvar,
-    stopped: AtomicBool,
     work: Mutex<Sender<Work>>,
     /// Whether the driver accepts the NOWAIT flag for bulk stats.
     nowait: AtomicBool,
@@ -221,52 +220,33 @@ fn selected(uuids: &[String], uuid: &str) -> bool {
 
 impl Core {
     fn log(&self, level: LogLevel, message: &str) {
-        self.host.log(level, &format!("libvirt: {message}"));
+        self.report.log(level, message);
     }
 
     /// Emits one event (while the state lock is held by the caller); nothing after shutdown.
     fn emit(&self, _st: &mut State, event: Event) {
-        if !self.stopped.load(Ordering::SeqCst) {
-            self.host.emit(&event);
-        }
+        self.report.emit(&event);
     }
 
     /// Emits `state_changed` unless `status` is what was last reported.
     fn status(&self, st: &mut State, uuid: &str, status: MachineStatus) {
+        // The host queues the event; the caller's state lock keeps every reader of the
+        // track waiting until it is updated below.
         let t = st.tracks.entry(uuid.to_owned()).or_default();
-        if t.last == Some(status) {
+        if !self.report.status(&mut t.last, uuid, status) {
             return;
         }
-        t.last = Some(status);
         if is_off(status) {
             t.booted_at = None;
             t.sample = None;
         } else if t.booted_at.is_none() {
             t.booted_at = Some(now_iso());
         }
-        self.emit(
-            st,
-            Event::StateChanged {
-                uuid: uuid.to_owned(),
-                status,
-            },
-        );
     }
 
     fn link(&self) -> PluginResult<Arc<Link>> {
-        if let Some(l) = self
-            .link
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Ok(l);
-        }
-        Err(PluginError::Failed(format!(
-            "not connected to libvirt at {}: {}",
-            self.settings.uri,
-            lock(&self.down)
-        )))
+        self.link
+            .get(|why| format!("not connected to libvirt at {}: {why}", self.settings.uri))
     }
 
     fn domain(&self, link: &Link, uuid: &str) -> PluginResult<Domain> {
@@ -588,7 +568,7 @@ impl Core {
         };
         let mut st = lock(&self.state);
         loop {
-            if self.stopped.load(Ordering::SeqCst) || !still_pending(&st) {
+            if self.report.is_stopped() || !still_pending(&st) {
                 return;
             }
             let now = Instant::now();
@@ -724,7 +704,7 @@ impl Core {
         &self,
         shared: Arc<SessionShared>,
     ) -> Box<dyn Fn(ffi::StreamEvent) + Send + Sync> {
-        let host = self.host;
+        let host = *self.report.host();
         let tx = lock(&self.work).clone();
         let weak = self.this.clone();
         Box::new(move |ev| match ev {
@@ -785,22 +765,13 @@ impl Core {
                     return;
                 }
             }
-            let current = self
-                .link
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            match current {
+            match self.link.current() {
                 Some(l) if l.conn.is_alive().unwrap_or(false) => continue,
                 Some(_) => {
                     let reason = format!("the connection to {} was lost", self.settings.uri);
                     self.log(LogLevel::Warn, &format!("{reason}; reconnecting"));
-                    *lock(&self.down) = reason;
-                    let old = self
-                        .link
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take();
+                    // This thread alone replaces the link: the one it found is current.
+                    let old = self.link.lost(reason, |_| true);
                     {
                         let mut st = lock(&self.state);
                         let ids: Vec<String> = st
@@ -824,14 +795,14 @@ impl Core {
             last_try = Some(Instant::now());
             match self.connect() {
                 Ok(link) => {
-                    *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
+                    self.link.up(link.clone());
                     self.log(
                         LogLevel::Info,
                         &format!("reconnected to {}", self.settings.uri),
                     );
                     self.resync(&link);
                 }
-                Err(e) => *lock(&self.down) = e,
+                Err(e) => self.link.failed(e),
             }
         }
     }
@@ -883,13 +854,11 @@ impl Libvirt {
         ffi::loop_acquire().map_err(PluginError::Failed)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let core = Arc::new_cyclic(|this| Core {
-            host,
+            report: Reporter::new(host, "libvirt"),
             settings,
-            link: RwLock::new(None),
-            down: Mutex::new(String::new()),
+            link: Connection::new("not connected yet"),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
-            stopped: AtomicBool::new(false),
             work: Mutex::new(tx),
             nowait: AtomicBool::new(true),
             actions: Mutex::new(Vec::new()),
@@ -927,7 +896,7 @@ impl Libvirt {
                 core.settings.uri, link.domain_type
             ),
         );
-        *core.link.write().unwrap_or_else(PoisonError::into_inner) = Some(link);
+        core.link.up(link);
         let mut threads = Vec::new();
         let w = Arc::clone(&core);
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -959,7 +928,7 @@ impl Libvirt {
     /// Stops every thread and closes the connection (idempotent).
     fn stop(&self) {
         let core = &self.core;
-        if core.stopped.swap(true, Ordering::SeqCst) {
+        if !core.report.stop() {
             return;
         }
         *lock(&core.halt.0) = true;
@@ -978,12 +947,7 @@ impl Libvirt {
         }
         drop(sessions);
         drop(std::mem::take(&mut *lock(&core.graveyard)));
-        let link = core
-            .link
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        drop(link);
+        drop(core.link.close());
         ffi::loop_release();
     }
 
@@ -1461,7 +1425,7 @@ impl Backend for Libvirt {
             },
         );
         if loopback {
-            core.host.console_output(
+            core.report.host().console_output(
                 &id,
                 b"\r\n[libvirt test driver: no guest console; this session echoes input]\r\n",
             );
@@ -1486,7 +1450,7 @@ impl Backend for Libvirt {
                     }
                 }
                 if *lock(&s.shared.open) {
-                    self.core.host.console_output(session, &echo);
+                    self.core.report.host().console_output(session, &echo);
                 }
             }
             Channel::Stream(stream) => {
