@@ -1179,6 +1179,77 @@ async fn severity_filter_receives_only_that_severity() {
     );
 }
 
+/// Machines with a raised boot alert deleted all at once, while the alerts listener misses
+/// machine events (`machines.event_buffer` = 1 after a restart; the alerts were raised
+/// before it with the normal buffer and resume on start): every alert still clears.
+#[tokio::test]
+async fn boot_alerts_of_deleted_machines_clear_even_when_their_events_were_missed() {
+    let mut d = daemon(&quiet_alerts(&[("ORCHARD_SIMULATOR_BOOT_MS", "100")]));
+    let admin = d.admin_token().await;
+    let mut machines = Vec::new();
+    for i in 0..8 {
+        let m = d
+            .post(
+                "/api/machines",
+                Some(&admin),
+                &json!({"title": format!("fails-{i}"), "vcpu": 1, "ram_mib": 256,
+                    "tags": ["fail-boot"]}),
+            )
+            .await
+            .expect(201);
+        let uuid = uuid_of(&m);
+        let r = d
+            .post_empty(&format!("/api/machines/{uuid}/start"), Some(&admin))
+            .await;
+        assert_eq!(r.status, 202, "start: {}", r.text);
+        machines.push(uuid);
+    }
+    let active_boot_alerts = |a: &Value| -> BTreeSet<String> {
+        a["active"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| x["category"] == "machine_boot")
+            .filter_map(|x| x["machine_uuid"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let wanted: BTreeSet<String> = machines.iter().cloned().collect();
+    crate::harness::eventually(T, "a boot alert for every machine", || async {
+        let raised = active_boot_alerts(&alerts(&d, &admin).await);
+        wanted.is_subset(&raised).then_some(())
+    })
+    .await;
+
+    d.set_env("ORCHARD_MACHINES_EVENT_BUFFER", "1");
+    d.restart();
+    let admin = d.admin_token().await;
+    let paths: Vec<String> = machines
+        .iter()
+        .map(|u| format!("/api/machines/{u}"))
+        .collect();
+    for r in futures_util::future::join_all(paths.iter().map(|p| d.delete(p, Some(&admin)))).await {
+        assert!(
+            (200..300).contains(&r.status),
+            "delete: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    crate::harness::eventually(
+        T,
+        "every boot alert of the deleted machines cleared",
+        || async {
+            let left = active_boot_alerts(&alerts(&d, &admin).await);
+            left.is_disjoint(&wanted).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        d.logs().contains("alerts missed machine events"),
+        "the alerts listener kept up with 8 deletes at once: nothing was missed"
+    );
+}
+
 #[tokio::test]
 async fn a_boot_failure_raises_a_warning_and_deleting_the_machine_clears_it() {
     let d = daemon(&quiet_alerts(&[("ORCHARD_SIMULATOR_BOOT_MS", "200")]));
