@@ -92,6 +92,18 @@ pub struct Db {
 /// closed and opened again; the store does that on the next operation, so that the daemon
 /// recovers by itself when the cause goes away. An open that fails leaves the store closed,
 /// and the next operation tries again.
+/// redb's page cache. Its default is 1 GiB, which the daemon's RSS would follow as the audit
+/// log and the histories grow towards their pruning limits; the working set of this database
+/// (users, machines' relations, the newest audit entries) is far smaller.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How every handle on the file is opened.
+fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
 struct Store {
     path: PathBuf,
     db: std::sync::RwLock<Option<Arc<Database>>>,
@@ -162,7 +174,7 @@ impl Store {
         }
         let mut tries = 0;
         let db = loop {
-            match Database::builder().open(&self.path) {
+            match builder().open(&self.path) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 50 => {
                     tries += 1;
@@ -193,9 +205,9 @@ impl Db {
         // corruption rather than letting it take the process down.
         let opened = std::panic::catch_unwind(|| {
             if exists {
-                Database::builder().open(&p)
+                builder().open(&p)
             } else {
-                Database::builder().create(&p)
+                builder().create(&p)
             }
         });
         let db = match opened {
