@@ -186,9 +186,13 @@ fn serve(
     let hasher =
         auth::password::Hasher::new(config.auth.hash_concurrency).map_err(|e| e.to_string())?;
 
+    // Blocking-pool threads (database, plugin calls, password hashing) end after 1 s idle,
+    // not tokio's 10 s: idle threads are woken in turn, so with the once-a-second plugin polls
+    // none would ever idle 10 s, and the pool would keep every thread a burst ever started.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("orchard")
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {

@@ -5,8 +5,9 @@
 # and the daemon had SETTLE seconds to close what it held). It fails if, at the end, the
 # descriptors are above the start by more than FD_SLACK, the RSS by more than RSS_SLACK_KB
 # (allocator caches keep some memory), or the threads above both the start + THREAD_SLACK
-# and the first minute's figure (tokio's blocking pool keeps threads that the daemon's
-# once-a-second plugin polls keep waking: a plateau reached under load, not a leak).
+# and the first minute's figure (the blocking pool may still hold threads that the
+# once-a-second plugin polls keep waking; its keep-alive is 1 s, so more than the first
+# minute's plateau means threads are kept that should have ended: tests/RELIABILITY.md).
 #
 #   tests/soak/soak.sh [SECONDS]        # default 3600
 #   ORCHARD_BIN=target/release/orchard SUBSCRIBERS=40 CONSOLES=4 tests/soak/soak.sh 300
