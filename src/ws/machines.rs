@@ -500,7 +500,7 @@ impl Hub {
             MachineEvent::Created(m) => self.known().insert(m.uuid),
             MachineEvent::Deleted { uuid } => self.known().remove(uuid),
             MachineEvent::Updated(m) => self.known().contains(&m.uuid),
-            MachineEvent::RelationsChanged { machine, .. } => self.known().contains(&machine.uuid),
+            MachineEvent::RelationsChanged { machine } => self.known().contains(&machine.uuid),
             _ => false,
         };
         let mut subs = self.lock();
@@ -545,7 +545,7 @@ impl Hub {
                     }
                 }
             }
-            MachineEvent::RelationsChanged { machine, .. } => {
+            MachineEvent::RelationsChanged { machine } => {
                 let names = self.machines.usernames();
                 let props = encode(&machine.properties(&names));
                 drop(names);

@@ -123,6 +123,20 @@ fn lost(kind: Kind, user: &User, m: &Machine) -> Option<&'static str> {
 }
 
 impl Member {
+    /// Ends a monitor whose machine was deleted: `VM_NOT_FOUND`, then close 1000.
+    fn machine_deleted(&self) {
+        self.ctl
+            .send(error("VM_NOT_FOUND", "the machine was deleted", None));
+        self.ctl.close(CloseWith::new(1000, "machine deleted"));
+    }
+
+    /// Ends a console: `eof`, then close 1000 with `why`.
+    fn console_ended(&self, why: &'static str) {
+        self.ctl
+            .send(message("console", json!({"content": "", "eof": true})));
+        self.ctl.close(CloseWith::new(1000, why));
+    }
+
     /// Closes the socket (4403, after an `AUTH_ERROR`) if `user` lost access to `m`.
     fn recheck(&self, kind: Kind, user: &User, m: &Machine) {
         if let Some(why) = lost(kind, user, m) {
@@ -294,14 +308,10 @@ impl Hub {
             }
             MachineEvent::Deleted { uuid } => {
                 if let Some(set) = self.lock_monitors().get(uuid) {
-                    let msg = error("VM_NOT_FOUND", "the machine was deleted", None);
-                    for mon in set.values() {
-                        mon.ctl.send(msg.clone());
-                        mon.ctl.close(CloseWith::new(1000, "machine deleted"));
-                    }
+                    set.values().for_each(Member::machine_deleted);
                 }
             }
-            MachineEvent::RelationsChanged { machine, .. } => {
+            MachineEvent::RelationsChanged { machine } => {
                 // Ownership or assignment changed: whoever no longer sees (monitor) or
                 // controls (console) the machine loses its socket.
                 if let Some(set) = self.lock_monitors().get(&machine.uuid) {
@@ -346,10 +356,7 @@ impl Hub {
             }
             MachineEvent::ConsoleClosed { session } => {
                 if let Some(sub) = self.lock_consoles().get(session) {
-                    sub.member
-                        .ctl
-                        .send(message("console", json!({"content": "", "eof": true})));
-                    sub.member.ctl.close(CloseWith::new(1000, "console closed"));
+                    sub.member.console_ended("console closed");
                 }
             }
             _ => {}
@@ -363,11 +370,7 @@ impl Hub {
     fn resync(&self) {
         for (uuid, set) in self.lock_monitors().iter() {
             let Some(m) = self.machines.get(*uuid) else {
-                let msg = error("VM_NOT_FOUND", "the machine was deleted", None);
-                for mon in set.values() {
-                    mon.ctl.send(msg.clone());
-                    mon.ctl.close(CloseWith::new(1000, "machine deleted"));
-                }
+                set.values().for_each(Member::machine_deleted);
                 continue;
             };
             let msg = status_message(&m);
@@ -380,12 +383,7 @@ impl Hub {
         }
         for sub in self.lock_consoles().values() {
             let Some(m) = self.machines.get(sub.machine) else {
-                sub.member
-                    .ctl
-                    .send(message("console", json!({"content": "", "eof": true})));
-                sub.member
-                    .ctl
-                    .close(CloseWith::new(1000, "machine deleted"));
+                sub.member.console_ended("machine deleted");
                 continue;
             };
             if let Some(user) = sub.member.seen.user() {
