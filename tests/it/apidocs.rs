@@ -36,7 +36,7 @@ struct Docs {
     validators: Mutex<HashMap<String, Arc<Validator>>>,
     /// What may pass on each WebSocket path, by direction (`send`: from the daemon,
     /// `receive`: to it), keyed `"{action} {path}"`.
-    sent: Mutex<HashMap<String, Candidates>>,
+    candidates: Mutex<HashMap<String, Candidates>>,
 }
 
 fn parse(name: &str, text: &str) -> Value {
@@ -60,7 +60,7 @@ fn docs() -> &'static Docs {
             asyncapi,
             registry: Box::leak(Box::new(registry)),
             validators: Mutex::new(HashMap::new()),
-            sent: Mutex::new(HashMap::new()),
+            candidates: Mutex::new(HashMap::new()),
         }
     })
 }
@@ -418,7 +418,12 @@ fn conforms(path: &str, action: &str, msg: &Value) -> Result<(), String> {
 fn candidates(path: &str, action: &str) -> Result<Candidates, String> {
     let d = docs();
     let key = format!("{action} {path}");
-    if let Some(c) = d.sent.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    if let Some(c) = d
+        .candidates
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+    {
         return Ok(c.clone());
     }
     let sent = operation_messages(path, action)?;
@@ -432,7 +437,7 @@ fn candidates(path: &str, action: &str) -> Result<Candidates, String> {
         .map(|m| message_types(d.asyncapi, &m).map(|t| (m, t)))
         .collect::<Result<Vec<_>, String>>()?;
     let list = Arc::new(list);
-    d.sent
+    d.candidates
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, list.clone());
