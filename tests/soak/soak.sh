@@ -4,7 +4,7 @@
 # baseline.
 #
 # The baseline is taken with the daemon warm and quiet: the same load first runs for WARMUP
-# seconds (default 120), the daemon gets SETTLE seconds (default 30) to close what it held, and
+# seconds (default 600), the daemon gets SETTLE seconds (default 30) to close what it held, and
 # then it is sampled ("warm"). That is when its caches hold what this load puts in them: the
 # audit log is kept to AUDIT_KEEP entries (default 2,000, which the warm-up passes), so the
 # database, and redb's page cache of it, stop growing before the baseline; the blocking pool
@@ -28,7 +28,7 @@ fi
 [[ -x $BIN ]] || { echo "no orchard binary at $BIN (cargo build first)" >&2; exit 2; }
 # Every ORCHARD_* variable is a configuration key to the daemon, which refuses unknown ones.
 unset ORCHARD_BIN
-WARMUP=${WARMUP:-120}
+WARMUP=${WARMUP:-600}
 SETTLE=${SETTLE:-30}
 FD_SLACK=${FD_SLACK:-2}
 THREAD_SLACK=${THREAD_SLACK:-2}
@@ -63,13 +63,16 @@ for _ in $(seq 1 100); do
 done
 [[ -n $PORT ]] || { echo "the daemon did not start:" >&2; cat "$WORK/daemon.log" >&2; exit 1; }
 
+# sample WHEN [NAME]: prints the daemon's figures; with NAME, keeps them as NAME_FDS, NAME_THREADS
+# and NAME_RSS. RSS is split into anonymous memory (heap, stacks: where a leak shows) and
+# file-backed pages (the binary and libraries, bounded by their size).
 sample() {
-    local fds threads rss
+    local fds threads rss anon file
     fds=$(ls "/proc/$DAEMON_PID/fd" | wc -l)
     threads=$(awk '/^Threads:/ {print $2}' "/proc/$DAEMON_PID/status")
-    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON_PID/status")
-    printf '%-12s %6s %8s %10s\n' "$1" "$fds" "$threads" "$rss"
-    eval "$2_FDS=$fds $2_THREADS=$threads $2_RSS=$rss"
+    read -r rss anon file < <(awk '/^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} /^RssFile:/ {f=$2} END {print r, a, f}' "/proc/$DAEMON_PID/status")
+    printf '%-12s %6s %8s %10s %10s %10s\n' "$1" "$fds" "$threads" "$rss" "$anon" "$file"
+    if [[ -n ${2:-} ]]; then eval "$2_FDS=$fds $2_THREADS=$threads $2_RSS=$rss"; fi
 }
 
 load() {
@@ -81,7 +84,7 @@ load() {
     while kill -0 "$LOAD_PID" 2>/dev/null; do
         sleep 1
         elapsed=$((elapsed + 1))
-        if (( elapsed % 60 == 0 )); then sample "$2+${elapsed}s" LOAD; fi
+        if (( elapsed % 60 == 0 )); then sample "$2+${elapsed}s"; fi
     done
     wait "$LOAD_PID" || { echo "the load generator failed:" >&2; tail -20 "$WORK/load.log" >&2; exit 1; }
     LOAD_PID=
@@ -90,7 +93,7 @@ load() {
 
 curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null
 echo "orchard $BIN on port $PORT (pid $DAEMON_PID): warm-up $WARMUP s, load $SECONDS_TO_RUN s"
-printf '%-12s %6s %8s %10s\n' when fds threads rss_kb
+printf '%-12s %6s %8s %10s %10s %10s\n' when fds threads rss_kb anon_kb file_kb
 sample start START
 load "$WARMUP" warmup
 sample warm WARM
