@@ -69,8 +69,8 @@ done
 sample() {
     local fds threads rss anon file
     fds=$(ls "/proc/$DAEMON_PID/fd" | wc -l)
-    threads=$(awk '/^Threads:/ {print $2}' "/proc/$DAEMON_PID/status")
-    read -r rss anon file < <(awk '/^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} /^RssFile:/ {f=$2} END {print r, a, f}' "/proc/$DAEMON_PID/status")
+    read -r threads rss anon file < <(awk '/^Threads:/ {t=$2} /^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} /^RssFile:/ {f=$2}
+        END {print t, r, a, f}' "/proc/$DAEMON_PID/status")
     printf '%-12s %6s %8s %10s %10s %10s\n' "$1" "$fds" "$threads" "$rss" "$anon" "$file"
     if [[ -n ${2:-} ]]; then eval "$2_FDS=$fds $2_THREADS=$threads $2_RSS=$rss"; fi
 }
