@@ -566,8 +566,14 @@ fn first<'a>(o: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
     keys.iter().find_map(|k| o.get(*k))
 }
 
+/// A percentage as the agent sent it (never rounded: only the UI rounds, for display), kept
+/// within 0–100; a value that is not a finite number counts as 0.
 fn pct(v: f64) -> f64 {
-    crate::hosts::round(v.clamp(0.0, 100.0))
+    if v.is_finite() {
+        v.clamp(0.0, 100.0)
+    } else {
+        0.0
+    }
 }
 
 /// An agent's metrics, leniently: the document's flat names (`cpu_percent`,
@@ -669,6 +675,20 @@ pub fn parse_metrics(o: &Map<String, Value>) -> HostMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentages_are_relayed_unrounded_within_range() {
+        let m = parse_metrics(
+            json!({"cpu_percent": 41.75, "memory_percent": "nan",
+                "disk_usage": {"/": 150, "/home": -3, "/var": 33.333}})
+            .as_object()
+            .unwrap(),
+        );
+        assert_eq!((m.cpu_usage, m.memory_usage), (41.75, 0.0));
+        assert_eq!(m.disk_usage.get("/"), Some(&100.0));
+        assert_eq!(m.disk_usage.get("/home"), Some(&0.0));
+        assert_eq!(m.disk_usage.get("/var"), Some(&33.333));
+    }
 
     #[test]
     fn metrics_shapes() {

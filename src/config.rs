@@ -651,6 +651,28 @@ fn parse_bool(raw: &str) -> Option<bool> {
 mod tests {
     use super::*;
 
+    /// The user documentation names every key (`section.key` in backticks), so a key added
+    /// here without a line in `docs/configuration.md` fails this test.
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../docs/configuration.md");
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        for (section, table) in value.as_object().unwrap() {
+            for key in table.as_object().unwrap().keys() {
+                let name = format!("`{section}.{key}`");
+                if !doc.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md does not describe {}",
+            missing.join(", ")
+        );
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()

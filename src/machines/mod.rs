@@ -44,10 +44,6 @@ pub struct Machine {
 
 /// What happened to machines, published once for every listener.
 #[derive(Clone, Debug)]
-#[expect(
-    dead_code,
-    reason = "read by the WebSocket APIs, which land next (issue 4)"
-)]
 pub enum MachineEvent {
     Created(Arc<Machine>),
     /// Properties changed (title, description, tags, …).
@@ -94,10 +90,6 @@ pub enum MachineEvent {
     },
     ConsoleClosed {
         session: Arc<str>,
-    },
-    /// A user was deleted or lost access: listeners re-check.
-    UserRemoved {
-        user: Uuid,
     },
 }
 
@@ -249,7 +241,6 @@ impl Machines {
         for machine in changed {
             self.publish(MachineEvent::RelationsChanged { machine });
         }
-        self.publish(MachineEvent::UserRemoved { user });
     }
 
     pub fn get(&self, uuid: Uuid) -> Option<Machine> {

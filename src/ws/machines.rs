@@ -648,8 +648,7 @@ impl Hub {
             }
             MachineEvent::StatusChanged { .. }
             | MachineEvent::ConsoleOutput { .. }
-            | MachineEvent::ConsoleClosed { .. }
-            | MachineEvent::UserRemoved { .. } => {}
+            | MachineEvent::ConsoleClosed { .. } => {}
         }
     }
 }

@@ -377,11 +377,13 @@ async fn agent_metrics_in_both_shapes_feed_host_channels_and_the_metrics_stream(
     assert_eq!(e["data"]["previous_status"], "offline", "{e}");
     assert_eq!(e["data"]["hostname"], "web-02", "{e}");
 
-    // Flat shape (the document's), with a server_id that is ignored.
+    // Flat shape (the document's), with a server_id that is ignored. The figures are relayed
+    // as sent, never rounded (only the UI rounds, for display).
     a.send(
-        &json!({"type": "metrics", "server_id": "someone-else", "cpu_percent": 45.2,
-        "memory_percent": 62.5,
-        "disk_usage": [{"mount": "/", "total_bytes": 1000, "used_bytes": 250}],
+        &json!({"type": "metrics", "server_id": "someone-else", "cpu_percent": 41.75,
+        "memory_percent": 62.125,
+        "disk_usage": [{"mount": "/", "total_bytes": 1000, "used_bytes": 250},
+                       {"mount": "/var", "percent": 33.333}],
         "network": [{"interface": "eth0", "rx_bytes": 10, "tx_bytes": 20}],
         "load_average": [0.5, 0.25, 0.125], "timestamp": "2024-01-01T00:00:00Z"}),
     )
@@ -393,17 +395,19 @@ async fn agent_metrics_in_both_shapes_feed_host_channels_and_the_metrics_stream(
         .await;
     assert_eq!(e["data"]["host_id"], id.as_str(), "{e}");
     let mm = &e["data"]["metrics"];
-    assert_eq!(mm["cpu_usage"], 45.2, "{e}");
-    assert_eq!(mm["memory_usage"], 62.5, "{e}");
+    assert_eq!(mm["cpu_usage"], 41.75, "{e}");
+    assert_eq!(mm["memory_usage"], 62.125, "{e}");
     assert_eq!(mm["disk_usage"]["/"], 25.0, "{e}");
+    assert_eq!(mm["disk_usage"]["/var"], 33.333, "{e}");
     assert_eq!(mm["disks"][0]["total_bytes"], 1000, "{e}");
     assert_eq!(mm["network"][0]["tx_bytes"], 20, "{e}");
     assert_eq!(mm["load_average"], json!([0.5, 0.25, 0.125]), "{e}");
     let s = m
         .expect(T, "a metrics message", |v| v["type"] == "metrics")
         .await;
-    assert_eq!(s["data"]["cpu_percent"], 45.2, "{s}");
-    assert_eq!(s["data"]["memory_percent"], 62.5, "{s}");
+    assert_eq!(s["data"]["cpu_percent"], 41.75, "{s}");
+    assert_eq!(s["data"]["memory_percent"], 62.125, "{s}");
+    assert_eq!(s["data"]["disk_usage"]["/var"], 33.333, "{s}");
     assert!(s["timestamp"].is_string(), "{s}");
 
     // Nested under data.
