@@ -36,6 +36,8 @@ pub struct Inner {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The address the listener is bound to (the server's own origin derives from it).
     pub local_addr: SocketAddr,
+    /// The origins allowed to open WebSockets (`ws::own_origins`), computed once at start.
+    pub origins: Vec<String>,
 }
 
 /// What start-up has built by the time the state is assembled.
@@ -67,6 +69,7 @@ impl AppState {
             config.auth.login_max_failures,
             Duration::from_secs(config.auth.login_window),
         );
+        let origins = crate::ws::own_origins(&config, p.local_addr);
         Self(Arc::new(Inner {
             config,
             db: p.db,
@@ -88,6 +91,7 @@ impl AppState {
                 config_ws_per_ip,
             )),
             metrics: p.metrics,
+            origins,
             local_addr: p.local_addr,
         }))
     }

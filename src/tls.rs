@@ -205,7 +205,8 @@ fn subject_names(config: &Config, listen: IpAddr) -> Vec<String> {
     names
 }
 
-fn hostname() -> Option<String> {
+/// This host's name, when it has one that is not an address.
+pub fn hostname() -> Option<String> {
     let name = sysinfo::System::host_name().ok()?;
     let name = name.trim();
     (!name.is_empty() && name.parse::<IpAddr>().is_err()).then(|| name.to_owned())

@@ -55,33 +55,91 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// The origins a browser page of ours can have: the configured public URL, the listen
-/// address, and on loopback the usual local names. Never derived from `Host`.
-pub fn own_origins(state: &AppState) -> Vec<String> {
-    let addr = state.local_addr;
-    let scheme = if state.config.tls_enabled() {
+/// address, on loopback the usual local names, and on a wildcard listener (`0.0.0.0`, `::`)
+/// this host's name and the addresses of its interfaces, as they were at start (so that a
+/// packaged install, which listens on `0.0.0.0:8443`, serves its UI's WebSockets to a browser
+/// that reached it by the host's name or address). Never derived from `Host`.
+pub fn own_origins(config: &crate::config::Config, addr: SocketAddr) -> Vec<String> {
+    let (names, addrs) = if addr.ip().is_unspecified() {
+        (
+            crate::tls::hostname().into_iter().collect(),
+            interface_addresses(),
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    origins_for(config, addr, &names, &addrs)
+}
+
+/// The addresses of this host's interfaces that a browser could use: not link-local IPv6
+/// (those need a zone, which an Origin cannot carry).
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(networks) = sysinfo::Networks::new_with_refreshed_list() else {
+        return Vec::new();
+    };
+    let mut v: Vec<std::net::IpAddr> = networks
+        .values()
+        .flat_map(|n| n.ip_networks().iter().map(|i| i.addr))
+        .filter(|ip| match ip {
+            std::net::IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            std::net::IpAddr::V4(_) => true,
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn origins_for(
+    config: &crate::config::Config,
+    addr: SocketAddr,
+    names: &[String],
+    addrs: &[std::net::IpAddr],
+) -> Vec<String> {
+    let scheme = if config.tls_enabled() {
         "https"
     } else {
         "http"
     };
-    let mut v = vec![format!("{scheme}://{addr}")];
-    if let Some(url) = &state.config.http.public_url {
-        v.push(url.trim_end_matches('/').to_owned());
+    let port = addr.port();
+    let default_port = port == if config.tls_enabled() { 443 } else { 80 };
+    let mut hosts: Vec<String> = Vec::new();
+    if !addr.ip().is_unspecified() {
+        hosts.push(host_of(addr.ip()));
     }
-    if addr.ip().is_loopback() {
-        let port = addr.port();
-        for host in ["localhost", "127.0.0.1", "[::1]"] {
-            v.push(format!("{scheme}://{host}:{port}"));
+    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        hosts.extend(["localhost", "127.0.0.1", "[::1]"].map(String::from));
+    }
+    hosts.extend(names.iter().cloned());
+    hosts.extend(addrs.iter().map(|ip| host_of(*ip)));
+    let mut v = Vec::new();
+    for host in hosts {
+        v.push(format!("{scheme}://{host}:{port}"));
+        if default_port {
+            v.push(format!("{scheme}://{host}"));
         }
     }
+    if let Some(url) = &config.http.public_url {
+        v.push(url.trim_end_matches('/').to_owned());
+    }
     v.extend(
-        state
-            .config
+        config
             .http
             .allowed_origins
             .iter()
             .map(|o| o.trim_end_matches('/').to_owned()),
     );
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|o| seen.insert(o.to_ascii_lowercase()));
     v
+}
+
+/// An address as the host part of an origin (IPv6 in brackets).
+fn host_of(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    }
 }
 
 fn origin_allowed(state: &AppState, h: &HeaderMap) -> bool {
@@ -92,9 +150,7 @@ fn origin_allowed(state: &AppState, h: &HeaderMap) -> bool {
         return false;
     };
     let origin = origin.trim_end_matches('/');
-    own_origins(state)
-        .iter()
-        .any(|o| o.eq_ignore_ascii_case(origin))
+    state.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
 }
 
 /// The token of a WebSocket request: `?access_token=`, `?token=`, or `Authorization: Bearer`.
@@ -615,6 +671,47 @@ mod tests {
             created_at: String::new(),
             updated_at: String::new(),
         }
+    }
+
+    #[test]
+    fn own_origins_follow_the_listener() {
+        let mut config = crate::config::Config::default();
+        let has = |v: &[String], o: &str| v.iter().any(|x| x == o);
+        // Loopback: the address and the local names.
+        let v = origins_for(&config, "127.0.0.1:8080".parse().unwrap(), &[], &[]);
+        assert!(has(&v, "http://127.0.0.1:8080") && has(&v, "http://localhost:8080"));
+        assert!(has(&v, "http://[::1]:8080"));
+        // A specific address: that address only (and what is configured).
+        config.http.public_url = Some("https://orchard.example:8443/".into());
+        config.http.allowed_origins = vec!["https://ops.example".into()];
+        let v = origins_for(&config, "192.0.2.7:8080".parse().unwrap(), &[], &[]);
+        assert!(has(&v, "http://192.0.2.7:8080"));
+        assert!(!has(&v, "http://localhost:8080"));
+        assert!(has(&v, "https://orchard.example:8443") && has(&v, "https://ops.example"));
+        // A wildcard listener with TLS (the packaged one): the host's name and addresses,
+        // never the wildcard itself; on 443 also without the port.
+        config.tls.self_signed = true;
+        config.http.public_url = None;
+        config.http.allowed_origins.clear();
+        let names = ["hv-01".to_owned()];
+        let addrs: Vec<std::net::IpAddr> =
+            vec!["10.1.2.3".parse().unwrap(), "2001:db8::5".parse().unwrap()];
+        let v = origins_for(&config, "0.0.0.0:8443".parse().unwrap(), &names, &addrs);
+        for o in [
+            "https://hv-01:8443",
+            "https://10.1.2.3:8443",
+            "https://[2001:db8::5]:8443",
+            "https://localhost:8443",
+        ] {
+            assert!(has(&v, o), "{o} in {v:?}");
+        }
+        assert!(!has(&v, "https://0.0.0.0:8443"), "{v:?}");
+        assert!(!has(&v, "https://hv-01"), "{v:?}");
+        let v = origins_for(&config, "[::]:443".parse().unwrap(), &names, &addrs);
+        assert!(
+            has(&v, "https://hv-01") && has(&v, "https://hv-01:443"),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -50,3 +50,54 @@ async fn a_foreign_origin_is_refused_403_on_every_websocket_route() {
         );
     }
 }
+
+/// A wildcard listener (the packaged `0.0.0.0:8443`): a browser that reached the host by its
+/// name or by an interface address is the daemon's own origin; the wildcard address itself
+/// and foreign hosts are not.
+#[tokio::test]
+async fn a_wildcard_listener_accepts_the_hosts_names_and_addresses() {
+    let mut d = crate::harness::Daemon::builder()
+        .env("ORCHARD_HTTP_ALLOW_INSECURE", "true")
+        .build();
+    d.set_listen("0.0.0.0:0");
+    d.launch();
+    let port = d.addr().port();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the kernel's host name")
+        .trim()
+        .to_owned();
+    let mut own = vec![
+        format!("http://{hostname}:{port}"),
+        format!("http://localhost:{port}"),
+    ];
+    // An address of a non-loopback interface, if this machine has one.
+    let ips = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if let Some(v4) = ips.split_whitespace().find(|ip| !ip.contains(':')) {
+        own.push(format!("http://{v4}:{port}"));
+    }
+    for origin in &own {
+        assert!(
+            Connect::new(&d, "/ws/clusters")
+                .origin(origin)
+                .try_connect()
+                .await
+                .is_ok(),
+            "Origin {origin} refused"
+        );
+    }
+    for origin in [
+        format!("http://0.0.0.0:{port}"),
+        format!("http://evil.example:{port}"),
+        format!("https://{hostname}:{port}"),
+    ] {
+        let status = Connect::new(&d, "/ws/clusters")
+            .origin(&origin)
+            .refused_status()
+            .await;
+        assert_eq!(status, 403, "Origin {origin}");
+    }
+}
