@@ -212,8 +212,11 @@ pub struct Ws {
     pub idle_timeout: u64,
     /// Seconds a write may take before the peer is dropped.
     pub write_deadline: u64,
-    /// Messages queued per socket before a slow client is closed (4008).
+    /// The most messages one socket may have queued; reaching it closes the socket (4008).
     pub send_queue: usize,
+    /// The most payload bytes one socket may have queued (a message shared by many sockets
+    /// counts for each); reaching it closes the socket (4008).
+    pub send_queue_bytes: u64,
     /// Largest incoming message on authenticated A/B/E sockets (1009 above).
     pub max_message: u64,
     /// Sockets allowed at once between upgrade and authentication (503 above).
@@ -234,7 +237,8 @@ impl Default for Ws {
             ping_interval: 30,
             idle_timeout: 60,
             write_deadline: 10,
-            send_queue: 256,
+            send_queue: 4096,
+            send_queue_bytes: 8 * 1024 * 1024,
             max_message: 64 * 1024,
             max_unauthenticated: 256,
             max_unauthenticated_per_ip: 64,

@@ -124,7 +124,7 @@ pub async fn serve_agent(
     };
     let max = usize::try_from(state.config.agents.max_message).unwrap_or(usize::MAX);
     ws.set_max_message(max);
-    let ctl = Control::new(state.config.ws.send_queue);
+    let ctl = Control::for_config(&state.config.ws);
     let agents = state.agents.clone();
     // The welcome goes first: queued before any job can be.
     ctl.send(Text::from(
@@ -193,7 +193,7 @@ pub async fn serve_stream(
         presented => presented,
     };
     let max = usize::try_from(state.config.ws.max_message).unwrap_or(usize::MAX);
-    let ctl = Control::new(state.config.ws.send_queue);
+    let ctl = Control::for_config(&state.config.ws);
     // Registered before the user is read, so that a revocation meanwhile is not missed.
     let admitted = super::admit(&state, credential, Some(Permission::ViewAllVms), &ctl).await;
     drop(unauthenticated);

@@ -420,7 +420,7 @@ pub async fn serve(
     credential: super::Credential,
     unauthenticated: crate::ws::Unauthenticated,
 ) {
-    let ctl = Control::new(state.config.ws.send_queue);
+    let ctl = Control::for_config(&state.config.ws);
     let admitted = super::admit(&state, credential, None, &ctl).await;
     drop(unauthenticated);
     let (actor, registration) = match admitted {

@@ -89,7 +89,7 @@ pub async fn serve(
     credential: super::Credential,
     unauthenticated: crate::ws::Unauthenticated,
 ) {
-    let ctl = Control::new(state.config.ws.send_queue);
+    let ctl = Control::for_config(&state.config.ws);
     let admitted = match credential {
         super::Credential::None if anonymous_allowed(&state) => None,
         super::Credential::None => {

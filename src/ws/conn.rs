@@ -65,7 +65,11 @@ impl CloseWith {
 /// socket holds no queue allocation at all (a channel would keep a block of slots).
 pub struct Control {
     queue: Mutex<Queue>,
+    /// The most messages the queue may hold (`ws.send_queue`).
     capacity: usize,
+    /// The most payload bytes the queue may hold (`ws.send_queue_bytes`; a payload shared
+    /// with other sockets counts in full for each of them).
+    capacity_bytes: usize,
     wake: Notify,
     close: Mutex<Option<CloseWith>>,
     closed: AtomicBool,
@@ -83,35 +87,52 @@ struct Queue {
     items: VecDeque<Text>,
     /// Where the pending snapshot is in `items`.
     snapshot: Option<usize>,
+    /// The payload bytes in `items`.
+    bytes: usize,
 }
 
 impl Queue {
     fn set_snapshot(&mut self, msg: Text) {
-        if let Some(i) = self.snapshot.take() {
-            self.items.remove(i);
+        if let Some(i) = self.snapshot.take()
+            && let Some(old) = self.items.remove(i)
+        {
+            self.bytes -= old.len();
         }
+        self.bytes += msg.len();
         self.items.push_back(msg);
         self.snapshot = Some(self.items.len() - 1);
     }
 
     fn take(&mut self) -> VecDeque<Text> {
         self.snapshot = None;
+        self.bytes = 0;
         std::mem::take(&mut self.items)
     }
 }
 
-/// How far past its capacity a queue may grow while its socket's writes still go through
-/// (the backlog is the server's, not the client's); the hard bound on a socket's memory.
-const BACKLOG_FACTOR: usize = 8;
 /// Messages a socket's empty queue makes room for at its first push.
 const BATCH_RESERVE: usize = 16;
 
 impl Control {
-    /// A control whose queue holds at most `capacity` messages.
+    /// A control whose queue holds at most `capacity` messages (of any size).
     pub fn new(capacity: usize) -> std::sync::Arc<Self> {
+        Self::bounded(capacity, usize::MAX)
+    }
+
+    /// A control bounded as the configuration says (`ws.send_queue`, `ws.send_queue_bytes`).
+    pub fn for_config(ws: &crate::config::Ws) -> std::sync::Arc<Self> {
+        Self::bounded(
+            ws.send_queue,
+            usize::try_from(ws.send_queue_bytes).unwrap_or(usize::MAX),
+        )
+    }
+
+    /// A control whose queue holds at most `capacity` messages and `bytes` payload bytes.
+    pub fn bounded(capacity: usize, bytes: usize) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self {
             queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
+            capacity_bytes: bytes.max(1),
             wake: Notify::new(),
             close: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -129,22 +150,28 @@ impl Control {
     }
 
     /// Queues a message without waking the socket (a producer queuing a burst calls
-    /// [`Control::wake`] once at the end, so the burst goes out in one write). A full queue
-    /// whose socket is blocked on the peer means the client cannot keep up: it is closed with
+    /// [`Control::wake`] once at the end, so the burst goes out in one write).
+    ///
+    /// The queue is the socket's memory, bounded in messages and in bytes. Backlog alone is
+    /// not slowness: when the daemon itself is behind (a burst, an overloaded core), every
+    /// queue grows, the next write takes all of it at once, and larger writes cost less per
+    /// message, so the writers catch up. A client whose socket stops taking bytes is dropped
+    /// when a write has waited for it for `ws.write_deadline`; its queue meanwhile fills
+    /// first, since the others drain. A queue that reaches either bound is closed with
     /// [`code::TOO_SLOW`] rather than allowed to grow memory or skip events silently.
     pub fn push(&self, msg: Text) -> bool {
         if self.is_closed() {
             return false;
         }
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let len = q.items.len();
-        let over = len >= self.capacity;
-        if over && (self.blocked.load(Ordering::Relaxed) || len >= self.capacity * BACKLOG_FACTOR) {
+        if q.items.len() >= self.capacity || q.bytes + msg.len() > self.capacity_bytes {
             drop(q);
-            self.close(CloseWith::new(
-                code::TOO_SLOW,
-                "client too slow: send queue full",
-            ));
+            let why = if self.blocked.load(Ordering::Relaxed) {
+                "client too slow: send queue full"
+            } else {
+                "send queue full"
+            };
+            self.close(CloseWith::new(code::TOO_SLOW, why));
             return false;
         }
         if q.items.capacity() == 0 {
@@ -153,6 +180,7 @@ impl Control {
             // several reallocations).
             q.items.reserve(BATCH_RESERVE);
         }
+        q.bytes += msg.len();
         q.items.push_back(msg);
         true
     }
@@ -341,6 +369,7 @@ pub async fn run<S>(
             tracing::info!(
                 api = ws.get_ref().api(),
                 queue = ctl.capacity,
+                reason = %c.reason,
                 "websocket client too slow (send queue full); closing 4008"
             );
         }
@@ -460,7 +489,7 @@ mod tests {
     async fn an_overflow_during_a_blocked_write_closes_4008_right_after_the_frame_in_progress() {
         use tokio::io::AsyncReadExt;
         let (mut client, server) = tokio::io::duplex(64);
-        let ctl = Control::new(2);
+        let ctl = Control::new(3);
         let opts = Options {
             ping_interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
@@ -481,12 +510,18 @@ mod tests {
             ctl.send(msg(c));
         }
         // The client reads nothing: the write of the first frame blocks.
-        while !ctl.blocked.load(Ordering::Relaxed) {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !ctl.blocked.load(Ordering::Relaxed) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the write blocks on the peer");
+        // The queue takes three more; the fourth is one too many.
         for c in [b'd', b'e', b'f'] {
-            ctl.push(msg(c));
+            assert!(ctl.push(msg(c)));
         }
+        assert!(!ctl.push(msg(b'g')));
         // Reading again, the client gets the frame in progress, then the close at once.
         let reason = "client too slow: send queue full";
         let mut got = vec![0u8; 102 + 4 + reason.len()];
@@ -497,6 +532,31 @@ mod tests {
         assert_eq!(&got[104..106], &code::TOO_SLOW.to_be_bytes());
         drop(client);
         task.await.unwrap();
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_messages_and_in_bytes_blocked_or_not() {
+        let by_count = Control::bounded(3, usize::MAX);
+        for m in ["a", "b", "c"] {
+            assert!(by_count.push(Text::from(m)));
+        }
+        assert!(!by_count.push(Text::from("d")), "a fourth message");
+        assert_eq!(by_count.close_requested(), Some(code::TOO_SLOW));
+        let by_bytes = Control::bounded(100, 10);
+        assert!(by_bytes.push(Text::from("12345")));
+        // A periodic snapshot counts too, and replacing it gives its bytes back.
+        by_bytes.set_latest(Text::from("123"));
+        by_bytes.set_latest(Text::from("1234"));
+        assert!(by_bytes.push(Text::from("1")), "5 + 4 + 1 bytes fit");
+        assert!(!by_bytes.push(Text::from("1")), "an 11th byte does not");
+        assert_eq!(by_bytes.close_requested(), Some(code::TOO_SLOW));
+        // Taking the batch empties the queue: the bound is on what waits, not on the total.
+        let ctl = Control::bounded(2, 8);
+        for _ in 0..10 {
+            assert!(ctl.push(Text::from("1234")));
+            assert!(ctl.push(Text::from("5678")));
+            assert_eq!(ctl.take_batch().len(), 2);
+        }
     }
 
     #[test]

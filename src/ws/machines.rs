@@ -689,7 +689,7 @@ pub async fn serve(
     unauthenticated: crate::ws::Unauthenticated,
 ) {
     let needs = (kind == Kind::Global).then_some(Permission::ViewAllVms);
-    let ctl = Control::new(state.config.ws.send_queue);
+    let ctl = Control::for_config(&state.config.ws);
     let admitted = super::admit(&state, credential, needs, &ctl).await;
     drop(unauthenticated);
     let (actor, registration) = match admitted {

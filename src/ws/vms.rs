@@ -490,7 +490,7 @@ pub async fn serve(
     credential: super::Credential,
     unauthenticated: crate::ws::Unauthenticated,
 ) {
-    let ctl = Control::new(state.config.ws.send_queue);
+    let ctl = Control::for_config(&state.config.ws);
     let needs = (kind == Kind::Console).then_some(Permission::AccessConsole);
     let admitted = super::admit(&state, credential, needs, &ctl).await;
     drop(unauthenticated);

@@ -11,7 +11,7 @@
 # to Orchard, e.g. ORCHARD_WS_COALESCE_MS), FLOOD_PERF=FILE (perf record -g of the server over
 # the window), FLOOD_CALLGRIND=FILE (Orchard under valgrind --tool=callgrind, instructions
 # of the window dumped to FILE.N: span = FLOOD_SECONDS - 2), FLOOD_COUNT=1 (perf stat of the server's system calls over the window),
-# FLOOD_ORCHARD / FLOOD_LOADGEN (binaries; default target/release/{orchard,loadgen}; not built here: build
+# FLOOD_SERVER_LOG=FILE (a copy of the server's log), FLOOD_ORCHARD / FLOOD_LOADGEN (binaries; default target/release/{orchard,loadgen}; not built here: build
 # with `cargo build --release -p orchard -p orchard-bench`, with
 # CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_PROFILE_RELEASE_STRIP=false for symbols).
 set -uo pipefail
@@ -97,6 +97,7 @@ LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 taskset -c 1 "$LOADGEN" stream "${ARGS[@]}" >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" ||
     { cat "$WORK/loadgen.err" >&2; exit 1; }
 [ -n "$PROF" ] && wait "$PROF"
+[ -n "${FLOOD_SERVER_LOG:-}" ] && cp "$WORK/server.log" "$FLOOD_SERVER_LOG"
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$OUT" "$LABEL" "$RATE" "${FLOOR_BATCH_MS:-10}" "${ORCHARD_WS_COALESCE_MS:-2}" "$LOAD0" "$LOAD1" "$WHO" <<'EOF'
 import json, sys

@@ -7,6 +7,7 @@
 
 mod hist;
 mod idle;
+mod lifecycle;
 mod logins;
 mod procfs;
 mod report;

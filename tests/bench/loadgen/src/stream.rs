@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::hist::Histogram;
+use crate::lifecycle::Lifecycle;
 use crate::procfs::{Mark, Span, rss_kib};
 use crate::ts::{message_type, now_ns, timestamp_ns};
 use crate::ws::{self, Ws};
@@ -91,6 +92,12 @@ struct Shared {
     no_timestamp: u64,
     /// Fast clients that ended, by how (during the whole run).
     ended: BTreeMap<String, u64>,
+    /// The lifecycle check of every fast client, from its connection on: events checked,
+    /// events that did not follow their machine's previous one (a missed or reordered
+    /// event), and the clients that had any such gap.
+    lifecycle_events: u64,
+    lifecycle_gaps: u64,
+    clients_with_gaps: u64,
     connected: usize,
     failed: usize,
     first_error: Option<String>,
@@ -125,14 +132,30 @@ impl Shared {
 
 type SharedRef = Rc<RefCell<Shared>>;
 
-/// Reads and records until the socket ends.
+/// Reads, records and checks the lifecycle order until the socket ends.
 async fn reader(mut ws: Ws, shared: SharedRef) {
+    let mut check = Lifecycle::default();
     loop {
         let item = ws.next().await;
-        match &item {
-            Some(Ok(Message::Text(t))) => shared.borrow_mut().on_message(t.as_bytes()),
-            Some(Ok(Message::Binary(b))) => shared.borrow_mut().on_message(b),
-            _ => {}
+        let data: Option<&[u8]> = match &item {
+            Some(Ok(Message::Text(t))) => Some(t.as_bytes()),
+            Some(Ok(Message::Binary(b))) => Some(b),
+            _ => None,
+        };
+        if let Some(d) = data {
+            let (events, gaps) = (check.events, check.gaps);
+            if let Some(kind) = message_type(d) {
+                check.see(kind, d);
+            }
+            let mut s = shared.borrow_mut();
+            s.on_message(d);
+            s.lifecycle_events += check.events - events;
+            if check.gaps > gaps {
+                s.lifecycle_gaps += check.gaps - gaps;
+                if gaps == 0 {
+                    s.clients_with_gaps += 1;
+                }
+            }
         }
         if let Some(end) = ws::end_of(item) {
             *shared.borrow_mut().ended.entry(end).or_default() += 1;
@@ -327,6 +350,11 @@ pub async fn run(args: StreamArgs) -> Result<(), String> {
         "cores": span.cores_json(),
         "ended": s.ended,
         "slow_ends": slow_ends,
+        "lifecycle": {
+            "events": s.lifecycle_events,
+            "gaps": s.lifecycle_gaps,
+            "clients_with_gaps": s.clients_with_gaps,
+        },
     });
     if let (Some(o), Some(e)) = (v.as_object_mut(), first_error) {
         o.insert("first_error".into(), e.into());
@@ -408,6 +436,15 @@ pub async fn run(args: StreamArgs) -> Result<(), String> {
     rows.push(("cores (from /proc/stat)".into(), span.cores_text()));
     if !s.ended.is_empty() {
         rows.push(("fast clients ended".into(), format!("{:?}", s.ended)));
+    }
+    if s.lifecycle_events > 0 {
+        rows.push((
+            "lifecycle events checked, gaps, clients with gaps".into(),
+            format!(
+                "{}, {}, {}",
+                s.lifecycle_events, s.lifecycle_gaps, s.clients_with_gaps
+            ),
+        ));
     }
     if slow_connected > 0 {
         rows.push(("slow clients ended".into(), format!("{slow_ends:?}")));
