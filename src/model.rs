@@ -204,11 +204,14 @@ impl User {
     }
 }
 
+/// The longest username, in bytes (usernames are ASCII, so also in characters).
+pub const MAX_USERNAME_LEN: usize = 64;
+
 /// Usernames: 1–64 characters, ASCII letters, digits, `.`, `_`, `-`, starting with a letter
 /// or digit.
 pub fn validate_username(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= MAX_USERNAME_LEN
         && name
             .chars()
             .next()
