@@ -150,6 +150,15 @@ impl PermissionSet {
         Self(self.0 & !other.0)
     }
 
+    /// Permissions in both `self` and `other`.
+    pub fn intersection(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
     pub fn iter(self) -> impl Iterator<Item = Permission> {
         Permission::ALL
             .into_iter()
@@ -274,6 +283,9 @@ mod tests {
         let b: PermissionSet = [Permission::ViewAllVms].into_iter().collect();
         assert_eq!(b.difference(a), PermissionSet::EMPTY);
         assert_eq!(a.difference(b).names(), vec!["ACCESS_CONSOLE"]);
+        assert_eq!(a.intersection(b), b);
+        assert!(a.intersection(PermissionSet::EMPTY).is_empty());
+        assert!(!a.is_empty());
         assert_eq!(PermissionSet::from_bits(u32::MAX), PermissionSet::all());
         assert!(PermissionSet::parse(&["NOPE"]).is_err());
     }
