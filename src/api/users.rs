@@ -115,6 +115,8 @@ pub async fn patch(req: Request) -> Result<Response> {
             old_password: body.old_password.as_deref(),
         },
     )?;
+    // A right old password, reported to the limiter once the change is stored.
+    let mut proved = None;
     if check == PasswordCheck::OldPassword {
         // A guess at the password like a login: counted by the same limiter, per client
         // address and account (and towards the account's ceiling).
@@ -136,7 +138,7 @@ pub async fn patch(req: Request) -> Result<Response> {
             limiter.failed(attempt);
             return Err(Error::forbidden("old_password is incorrect"));
         }
-        limiter.succeeded(attempt);
+        proved = Some(attempt);
     }
     let password_hash = match body.password {
         Some(p) => Some(req.state.hasher.hash(p).await?),
@@ -175,8 +177,12 @@ pub async fn patch(req: Request) -> Result<Response> {
     req.state.announce(announced);
     req.state.user_changed(&user);
     if changed_password {
-        // Addresses that proved the old password are not trusted with the new one.
+        // Addresses that knew the old password are not trusted with the new one, except the
+        // one that just proved it and set the new one.
         req.state.limiter.forget_known(&user.username);
+    }
+    if let Some(attempt) = proved {
+        req.state.limiter.succeeded(attempt);
     }
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %user.username, "user updated");
     Ok(json(StatusCode::OK, &UserView::from(&user)))

@@ -15,7 +15,8 @@
 //!   delay (the pair limit still applies), so guessing spread over many addresses cannot
 //!   lock the real user out. Kept in memory only: the counts they bypass are in memory too
 //!   and start from nothing after a restart, and the first success after it teaches the
-//!   address again. A password change forgets them.
+//!   address again. A password change forgets them (the API then teaches the address of a
+//!   user who changed their own password again).
 //!
 //! Accounts are keyed by the SHA-256 of the username, so an entry has the same small size
 //! whatever a client sends. Every table has a cap; expired entries are swept by age (at
