@@ -1,4 +1,5 @@
-//! First start: the `admin` account.
+//! First start: the `admin` account. Every start: a warning about client accounts that
+//! hold user-management permissions (granted before clients were refused them).
 
 use std::path::Path;
 
@@ -55,4 +56,53 @@ pub fn ensure_admin(
         None => tracing::info!("created user admin with the password from ORCHARD_ADMIN_PASSWORD"),
     }
     Ok(())
+}
+
+/// Logs a warning for each client account holding user-management permissions. Such
+/// accounts come from databases made before the rule; they keep their permissions (so no
+/// deployment loses its only user manager on upgrade), but a manager can act on them only
+/// when holding everything they hold, and setting their permissions must drop those.
+/// Returns how many there are.
+pub fn warn_client_managers(db: &Db) -> Result<usize, String> {
+    let users = db.list_users().map_err(|e| e.to_string())?;
+    let mut n = 0;
+    for u in crate::auth::policy::clients_with_user_management(&users) {
+        n += 1;
+        tracing::warn!(
+            user = %u.username,
+            permissions = %u.permissions.names().join(","),
+            "a client account holds user-management permissions, which only administrators may hold; remove them (PATCH /api/users/{{uuid}} with its permissions) or recreate it as an administrator"
+        );
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Permission;
+
+    /// A database from before the rule, with such a client: start-up finds it and goes on.
+    #[test]
+    fn a_client_with_user_management_permissions_is_reported_not_fatal() {
+        let dir = std::env::temp_dir().join(format!("orchard-boot-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::open(&dir.join("orchard.redb"), 100).unwrap();
+        ensure_admin(&db, &dir, Some("admin-password-1".into())).unwrap();
+        assert_eq!(warn_client_managers(&db).unwrap(), 0);
+        db.create_user(
+            NewUser {
+                username: "legacy".into(),
+                account_type: AccountType::Client,
+                permissions: [Permission::ManageAdminUsers, Permission::ViewAllVms]
+                    .into_iter()
+                    .collect(),
+                password_hash: "h".into(),
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(warn_client_managers(&db).unwrap(), 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

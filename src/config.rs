@@ -163,9 +163,17 @@ pub struct Tls {
 pub struct Auth {
     pub token_ttl: u64,
     pub session_max: u64,
-    /// Failed logins allowed per (client IP, username) within `login_window`.
+    /// Failed logins (and wrong `old_password`s) allowed per (client IP, username) within
+    /// `login_window`.
     pub login_max_failures: u32,
     pub login_window: u64,
+    /// Failures of one account from every address before addresses that never logged in to
+    /// it wait an exponential delay (0: no per-account ceiling).
+    pub account_max_failures: u32,
+    /// Seconds after an account's latest failure when its count is forgotten.
+    pub account_window: u64,
+    /// The longest per-account delay, in seconds.
+    pub account_max_delay: u64,
     /// Password hashes computed at once (each takes ~19 MiB and ~20 ms).
     pub hash_concurrency: usize,
 }
@@ -177,6 +185,9 @@ impl Default for Auth {
             session_max: 43_200,
             login_max_failures: 5,
             login_window: 60,
+            account_max_failures: 20,
+            account_window: 3600,
+            account_max_delay: 900,
             hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get().min(4))
                 .unwrap_or(2),
@@ -507,6 +518,18 @@ impl Config {
                 "auth.session_max must be at least auth.token_ttl".into(),
             ));
         }
+        if self.auth.account_max_delay == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.account_max_delay must be at least 1".into(),
+            ));
+        }
+        if self.auth.account_max_failures > 0
+            && self.auth.account_window <= self.auth.account_max_delay
+        {
+            return Err(ConfigError::Invalid(
+                "auth.account_window must be longer than auth.account_max_delay".into(),
+            ));
+        }
         if self.auth.hash_concurrency == 0 {
             return Err(ConfigError::Invalid(
                 "auth.hash_concurrency must be at least 1".into(),
@@ -753,5 +776,30 @@ mod tests {
             },
         );
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn the_account_window_outlasts_the_longest_delay() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
+        let c = load(&[]).unwrap();
+        assert_eq!(
+            (
+                c.auth.account_max_failures,
+                c.auth.account_window,
+                c.auth.account_max_delay
+            ),
+            (20, 3600, 900)
+        );
+        let e = load(&[("ORCHARD_AUTH_ACCOUNT_WINDOW", "900")]).unwrap_err();
+        assert!(e.to_string().contains("auth.account_window"), "{e}");
+        assert!(load(&[("ORCHARD_AUTH_ACCOUNT_MAX_DELAY", "0")]).is_err());
+        // Without the ceiling, the window does not matter.
+        assert!(
+            load(&[
+                ("ORCHARD_AUTH_ACCOUNT_MAX_FAILURES", "0"),
+                ("ORCHARD_AUTH_ACCOUNT_WINDOW", "1"),
+            ])
+            .is_ok()
+        );
     }
 }

@@ -183,6 +183,7 @@ fn serve(
     let jwt_secret =
         secrets::load_or_create_jwt_secret(&config.storage.data_dir).map_err(|e| e.to_string())?;
     bootstrap::ensure_admin(&db, &config.storage.data_dir, admin_password)?;
+    bootstrap::warn_client_managers(&db)?;
     let hasher =
         auth::password::Hasher::new(config.auth.hash_concurrency).map_err(|e| e.to_string())?;
 

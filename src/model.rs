@@ -150,6 +150,15 @@ impl PermissionSet {
         Self(self.0 & !other.0)
     }
 
+    /// Permissions in both `self` and `other`.
+    pub fn intersection(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
     pub fn iter(self) -> impl Iterator<Item = Permission> {
         Permission::ALL
             .into_iter()
@@ -204,11 +213,14 @@ impl User {
     }
 }
 
+/// The longest username, in bytes (usernames are ASCII, so also in characters).
+pub const MAX_USERNAME_LEN: usize = 64;
+
 /// Usernames: 1–64 characters, ASCII letters, digits, `.`, `_`, `-`, starting with a letter
 /// or digit.
 pub fn validate_username(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= MAX_USERNAME_LEN
         && name
             .chars()
             .next()
@@ -271,6 +283,9 @@ mod tests {
         let b: PermissionSet = [Permission::ViewAllVms].into_iter().collect();
         assert_eq!(b.difference(a), PermissionSet::EMPTY);
         assert_eq!(a.difference(b).names(), vec!["ACCESS_CONSOLE"]);
+        assert_eq!(a.intersection(b), b);
+        assert!(a.intersection(PermissionSet::EMPTY).is_empty());
+        assert!(!a.is_empty());
         assert_eq!(PermissionSet::from_bits(u32::MAX), PermissionSet::all());
         assert!(PermissionSet::parse(&["NOPE"]).is_err());
     }

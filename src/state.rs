@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::password::Hasher;
-use crate::auth::ratelimit::LoginLimiter;
+use crate::auth::ratelimit::{Limits, LoginLimiter};
 use crate::auth::token::Tokens;
 use crate::config::Config;
 use crate::db::Db;
@@ -65,10 +65,13 @@ impl AppState {
         );
         let max_unauthenticated = config.ws.max_unauthenticated;
         let config_ws_per_ip = config.ws.max_unauthenticated_per_ip;
-        let limiter = LoginLimiter::new(
-            config.auth.login_max_failures,
-            Duration::from_secs(config.auth.login_window),
-        );
+        let limiter = LoginLimiter::new(Limits {
+            max_failures: config.auth.login_max_failures,
+            window: Duration::from_secs(config.auth.login_window),
+            account_max_failures: config.auth.account_max_failures,
+            account_window: Duration::from_secs(config.auth.account_window),
+            account_max_delay: Duration::from_secs(config.auth.account_max_delay),
+        });
         let origins = crate::ws::own_origins(&config, p.local_addr);
         Self(Arc::new(Inner {
             config,

@@ -1,5 +1,7 @@
 //! `/api/auth/*`: login, refresh, logout, me.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -9,10 +11,14 @@ use super::views::{TokenView, UserView};
 use crate::auth::token::{Issued, TokenError};
 use crate::db::{AuditEntry, UserChange};
 use crate::error::{Error, Result};
+use crate::model::MAX_USERNAME_LEN;
 
+/// The username borrows from the request body when it has no escapes: an oversized one is
+/// refused without being copied.
 #[derive(Deserialize)]
-pub(super) struct LoginBody {
-    username: String,
+pub(super) struct LoginBody<'a> {
+    #[serde(borrow)]
+    username: Cow<'a, str>,
     password: String,
 }
 
@@ -40,12 +46,19 @@ pub async fn login(req: Request) -> Result<Response> {
 
 async fn attempt_login(req: Request) -> Result<Response> {
     let body: LoginBody = req.json()?;
+    // No account has a longer name: refused before anything keeps or hashes it.
+    if body.username.len() > MAX_USERNAME_LEN {
+        return Err(Error::bad_request(format!(
+            "username must be at most {MAX_USERNAME_LEN} characters"
+        )));
+    }
     let state = &req.state;
     let ip = req.client_ip();
-    if let Err(retry_after) = state.limiter.check(ip, &body.username) {
-        return Err(Error::TooManyRequests { retry_after });
-    }
-    let name = body.username.clone();
+    let mut attempt = state
+        .limiter
+        .admit(ip, &body.username)
+        .map_err(|retry_after| Error::TooManyRequests { retry_after })?;
+    let name = body.username.clone().into_owned();
     let user = if crate::model::validate_username(&name).is_ok() {
         state.db.run(move |db| db.user_by_name(&name)).await?
     } else {
@@ -55,19 +68,18 @@ async fn attempt_login(req: Request) -> Result<Response> {
     // Checked again when a hashing slot frees up: guesses queued behind the slots cannot
     // outrun the failures recorded meanwhile.
     let limiter = &state.limiter;
-    let username = body.username.as_str();
     let verified = state
         .hasher
         .verify_guarded(body.password.clone(), hash, || {
             limiter
-                .check(ip, username)
+                .readmit(&mut attempt)
                 .map_err(|retry_after| Error::TooManyRequests { retry_after })
         })
         .await?;
     let user = match user {
         Some(u) if verified && !u.disabled => u,
         _ => {
-            state.limiter.record_failure(ip, &body.username);
+            state.limiter.failed(attempt);
             let entry = AuditEntry::new(clip(&body.username), "login_failed")
                 .ip(ip)
                 .user_agent(req.user_agent.as_deref());
@@ -76,7 +88,7 @@ async fn attempt_login(req: Request) -> Result<Response> {
             return Err(Error::BadCredentials);
         }
     };
-    state.limiter.record_success(ip, &user.username);
+    state.limiter.succeeded(attempt);
     let issued = state.tokens.issue(&user).map_err(|_| Error::Unauthorized)?;
     let entry = AuditEntry::new(user.username.clone(), "login")
         .actor_id(user.uuid)

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use warp::reply::Response;
 
@@ -56,8 +56,8 @@ impl Request {
             .unwrap_or("")
     }
 
-    /// The body parsed as JSON; a clear 400 otherwise.
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+    /// The body parsed as JSON; a clear 400 otherwise. Strings may borrow from the body.
+    pub fn json<'a, T: Deserialize<'a>>(&'a self) -> Result<T> {
         parse_json(&self.body)
     }
 
@@ -67,7 +67,7 @@ impl Request {
 }
 
 /// A request body parsed as JSON; a clear 400 otherwise.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::bad_request("a JSON request body is required"));
     }

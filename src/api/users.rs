@@ -115,23 +115,38 @@ pub async fn patch(req: Request) -> Result<Response> {
             old_password: body.old_password.as_deref(),
         },
     )?;
+    // A right old password, reported to the limiter once the change is stored.
+    let mut proved = None;
     if check == PasswordCheck::OldPassword {
+        // A guess at the password like a login: counted by the same limiter, per client
+        // address and account (and towards the account's ceiling).
+        let limiter = &req.state.limiter;
+        let mut attempt = limiter
+            .admit(req.client_ip(), &target.username)
+            .map_err(|retry_after| Error::TooManyRequests { retry_after })?;
         let old = body.old_password.clone().unwrap_or_default();
         let ok = req
             .state
             .hasher
-            .verify(old, Some(target.password_hash.clone()))
+            .verify_guarded(old, Some(target.password_hash.clone()), || {
+                limiter
+                    .readmit(&mut attempt)
+                    .map_err(|retry_after| Error::TooManyRequests { retry_after })
+            })
             .await?;
         if !ok {
+            limiter.failed(attempt);
             return Err(Error::forbidden("old_password is incorrect"));
         }
+        proved = Some(attempt);
     }
     let password_hash = match body.password {
         Some(p) => Some(req.state.hasher.hash(p).await?),
         None => None,
     };
+    let changed_password = password_hash.is_some();
     let mut changed = Vec::new();
-    if password_hash.is_some() {
+    if changed_password {
         changed.push("password".to_owned());
     }
     if let Some(p) = permissions {
@@ -161,6 +176,14 @@ pub async fn patch(req: Request) -> Result<Response> {
         .await?;
     req.state.announce(announced);
     req.state.user_changed(&user);
+    if changed_password {
+        // Addresses that knew the old password are not trusted with the new one, except the
+        // one that just proved it and set the new one.
+        req.state.limiter.forget_known(&user.username);
+    }
+    if let Some(attempt) = proved {
+        req.state.limiter.succeeded(attempt);
+    }
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %user.username, "user updated");
     Ok(json(StatusCode::OK, &UserView::from(&user)))
 }
@@ -182,6 +205,7 @@ pub async fn delete(req: Request) -> Result<Response> {
         .await?;
     req.state.announce(announced);
     req.state.ws.user_deleted(uuid);
+    req.state.limiter.forget_known(&target.username);
     req.state.machines.forget_user(uuid);
     tracing::info!(target: "orchard::audit", actor = %actor.username, user = %target.username, "user deleted");
     Ok(no_content())

@@ -1,8 +1,63 @@
 //! Who may do what to which account (contract sections 2 and 7). Pure functions over the
 //! actor and the target, so the rules are tested without a server.
+//!
+//! Two rules keep a manager from climbing above their own permissions (issue 21):
+//!
+//! * An actor may set the password of, disable or enable, delete, or change the permissions
+//!   of another user only if the actor holds every permission that user holds (besides the
+//!   manage or password permission of the user's account type). Otherwise a manager could
+//!   take over an account that holds more than they do.
+//! * A client account never holds a user-management permission ([`USER_MANAGEMENT`]): those
+//!   are refused (400) when a client is created or its permissions are set.
 
 use crate::error::{Error, Result};
-use crate::model::{AccountType, PermissionSet, User};
+use crate::model::{AccountType, Permission, PermissionSet, User};
+
+/// The permissions that act on accounts. Only administrators may hold them.
+pub const USER_MANAGEMENT: [Permission; 4] = [
+    Permission::ManageClientUsers,
+    Permission::ManageAdminUsers,
+    Permission::ChangeClientPassword,
+    Permission::ChangeAdminPassword,
+];
+
+fn user_management() -> PermissionSet {
+    USER_MANAGEMENT.into_iter().collect()
+}
+
+/// A client account cannot hold user-management permissions (400 otherwise).
+pub fn check_account_permissions(kind: AccountType, permissions: PermissionSet) -> Result<()> {
+    let refused = permissions.intersection(user_management());
+    if kind == AccountType::Client && !refused.is_empty() {
+        return Err(Error::bad_request(format!(
+            "a client account cannot hold user-management permissions: {}",
+            refused.names().join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The client accounts that hold user-management permissions anyway (granted before the
+/// rule existed); start-up warns about them.
+pub fn clients_with_user_management(users: &[User]) -> impl Iterator<Item = &User> {
+    users.iter().filter(|u| {
+        u.account_type == AccountType::Client
+            && !u.permissions.intersection(user_management()).is_empty()
+    })
+}
+
+/// The actor holds every permission the target holds.
+fn outranks(actor: &User, target: &User, action: &str) -> Result<()> {
+    let missing = target.permissions.difference(actor.permissions);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::forbidden(format!(
+            "you cannot {action} a user who holds permissions you do not hold: {}",
+            missing.names().join(", ")
+        )))
+    }
+}
 
 /// What a `PATCH /api/users/{uuid}` asks for, after parsing.
 pub struct Patch<'a> {
@@ -58,6 +113,7 @@ pub fn check_view(actor: &User, target: &User) -> Result<()> {
 }
 
 pub fn check_create(actor: &User, kind: AccountType, permissions: PermissionSet) -> Result<()> {
+    check_account_permissions(kind, permissions)?;
     manages(actor, kind)?;
     grants_only_held(actor, permissions)
 }
@@ -74,12 +130,15 @@ pub fn check_patch(actor: &User, target: &User, patch: &Patch<'_>) -> Result<Pas
             return Err(Error::forbidden("you cannot change your own permissions"));
         }
         manages(actor, target.account_type)?;
+        check_account_permissions(target.account_type, new)?;
+        outranks(actor, target, "change the permissions of")?;
         grants_only_held(actor, new.difference(target.permissions))?;
     }
     if patch.disabled.is_some() {
         // Disabling oneself is allowed (it ends one's own sessions); the store refuses it
         // for the last administrator manager.
         manages(actor, target.account_type)?;
+        outranks(actor, target, "disable or enable")?;
     }
     if !patch.password {
         return Ok(PasswordCheck::None);
@@ -93,20 +152,21 @@ pub fn check_patch(actor: &User, target: &User, patch: &Patch<'_>) -> Result<Pas
         };
     }
     let needed = target.account_type.password_permission();
-    if actor.has(needed) {
-        Ok(PasswordCheck::None)
-    } else {
-        Err(Error::forbidden(format!(
+    if !actor.has(needed) {
+        return Err(Error::forbidden(format!(
             "setting the password of {} accounts needs {needed}",
             target.account_type.as_str()
-        )))
+        )));
     }
+    outranks(actor, target, "set the password of")?;
+    Ok(PasswordCheck::None)
 }
 
 /// Deleting oneself is allowed like any other account of one's kind; the store refuses it
 /// for the last administrator manager.
 pub fn check_delete(actor: &User, target: &User) -> Result<()> {
-    manages(actor, target.account_type)
+    manages(actor, target.account_type)?;
+    outranks(actor, target, "delete")
 }
 
 #[cfg(test)]
@@ -217,18 +277,152 @@ mod tests {
     }
 
     #[test]
-    fn removing_permissions_one_does_not_hold_is_allowed_adding_is_not() {
+    fn changing_permissions_needs_every_permission_the_target_holds() {
         let mgr = user(AccountType::Administrator, &[P::ManageClientUsers]);
         let target = user(AccountType::Client, &[P::ViewAllVms]);
         let remove = Patch {
             permissions: Some(PermissionSet::EMPTY),
             ..patch()
         };
-        assert!(check_patch(&mgr, &target, &remove).is_ok());
+        // Even removing: the target holds VIEW_ALL_VMS, which the manager does not.
+        assert!(check_patch(&mgr, &target, &remove).is_err());
+        let viewer_mgr = user(
+            AccountType::Administrator,
+            &[P::ManageClientUsers, P::ViewAllVms],
+        );
+        assert!(check_patch(&viewer_mgr, &target, &remove).is_ok());
         let add = Patch {
             permissions: Some([P::ViewAllVms, P::ExecuteCommands].into_iter().collect()),
             ..patch()
         };
-        assert!(check_patch(&mgr, &target, &add).is_err());
+        assert!(check_patch(&viewer_mgr, &target, &add).is_err());
+    }
+
+    /// Issue 21: a helpdesk administrator (clients' manager and password setter) took over a
+    /// client holding more than it did, then used that client's permissions.
+    #[test]
+    fn nobody_acts_on_a_user_who_holds_more_than_they_do() {
+        let helpdesk = user(
+            AccountType::Administrator,
+            &[P::ManageClientUsers, P::ChangeClientPassword],
+        );
+        let ops = user(AccountType::Client, &[P::ViewAllVms, P::ExecuteCommands]);
+        let password = Patch {
+            password: true,
+            ..patch()
+        };
+        let disable = Patch {
+            disabled: Some(true),
+            ..patch()
+        };
+        let enable = Patch {
+            disabled: Some(false),
+            ..patch()
+        };
+        let strip = Patch {
+            permissions: Some(PermissionSet::EMPTY),
+            ..patch()
+        };
+        for p in [&password, &disable, &enable, &strip] {
+            let e = check_patch(&helpdesk, &ops, p).unwrap_err();
+            assert!(matches!(e, Error::Forbidden(_)), "{e}");
+            assert!(e.to_string().contains("EXECUTE_COMMANDS"), "{e}");
+        }
+        assert!(matches!(
+            check_delete(&helpdesk, &ops),
+            Err(Error::Forbidden(_))
+        ));
+        // A plain client is fair game, and an actor holding everything ops holds may act.
+        let plain = user(AccountType::Client, &[]);
+        for p in [&password, &disable, &enable, &strip] {
+            assert!(check_patch(&helpdesk, &plain, p).is_ok());
+        }
+        assert!(check_delete(&helpdesk, &plain).is_ok());
+        let senior = user(
+            AccountType::Administrator,
+            &[
+                P::ManageClientUsers,
+                P::ChangeClientPassword,
+                P::ViewAllVms,
+                P::ExecuteCommands,
+            ],
+        );
+        for p in [&password, &disable, &strip] {
+            assert!(check_patch(&senior, &ops, p).is_ok());
+        }
+        assert!(check_delete(&senior, &ops).is_ok());
+        // Oneself: one always holds one's own permissions.
+        let own = Patch {
+            password: true,
+            old_password: Some("old"),
+            ..patch()
+        };
+        assert_eq!(
+            check_patch(&ops, &ops, &own).unwrap(),
+            PasswordCheck::OldPassword
+        );
+    }
+
+    #[test]
+    fn a_client_never_holds_user_management_permissions() {
+        let admin = user(AccountType::Administrator, &P::ALL);
+        for p in USER_MANAGEMENT {
+            let perms: PermissionSet = [p, P::ViewAllVms].into_iter().collect();
+            let e = check_create(&admin, AccountType::Client, perms).unwrap_err();
+            assert!(matches!(e, Error::BadRequest(_)), "{e}");
+            assert!(e.to_string().contains(p.name()), "{e}");
+            assert!(check_create(&admin, AccountType::Administrator, perms).is_ok());
+            let client = user(AccountType::Client, &[]);
+            let set = Patch {
+                permissions: Some(perms),
+                ..patch()
+            };
+            let e = check_patch(&admin, &client, &set).unwrap_err();
+            assert!(matches!(e, Error::BadRequest(_)), "{e}");
+        }
+        // Every other permission is fine for a client.
+        let rest = PermissionSet::all().difference(USER_MANAGEMENT.into_iter().collect());
+        assert!(check_create(&admin, AccountType::Client, rest).is_ok());
+    }
+
+    /// A database from before the rule may hold such a client: nothing panics, start-up
+    /// finds it, only an actor holding all it holds acts on it, and its permissions can be
+    /// set only without the user-management ones.
+    #[test]
+    fn an_existing_client_with_user_management_permissions() {
+        let legacy = user(
+            AccountType::Client,
+            &[P::ManageAdminUsers, P::ChangeAdminPassword, P::ViewAllVms],
+        );
+        let plain = user(AccountType::Client, &[P::ViewAllVms]);
+        let admin = user(AccountType::Administrator, &P::ALL);
+        let users = [legacy.clone(), plain, admin.clone()];
+        let found: Vec<_> = clients_with_user_management(&users).collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].uuid, legacy.uuid);
+
+        let helpdesk = user(
+            AccountType::Administrator,
+            &[P::ManageClientUsers, P::ChangeClientPassword],
+        );
+        let password = Patch {
+            password: true,
+            ..patch()
+        };
+        assert!(check_patch(&helpdesk, &legacy, &password).is_err());
+        assert!(check_patch(&admin, &legacy, &password).is_ok());
+        let keep = Patch {
+            permissions: Some(legacy.permissions),
+            ..patch()
+        };
+        assert!(matches!(
+            check_patch(&admin, &legacy, &keep),
+            Err(Error::BadRequest(_))
+        ));
+        let strip = Patch {
+            permissions: Some([P::ViewAllVms].into_iter().collect()),
+            ..patch()
+        };
+        assert!(check_patch(&admin, &legacy, &strip).is_ok());
     }
 }

@@ -49,6 +49,8 @@ pub fn run(db: &Db, action: UserAction) -> Result<(), String> {
             } else {
                 PermissionSet::parse(&permissions)?
             };
+            crate::auth::policy::check_account_permissions(kind, permissions)
+                .map_err(|e| e.to_string())?;
             let password = read_password()?;
             let hash = hash_blocking(&password).map_err(|e| e.to_string())?;
             let entry = AuditEntry::new(ACTOR, "user.create").target(username.clone());

@@ -652,11 +652,13 @@ async fn host_channels_need_view_all_vms_and_commands_need_execute_commands() {
 async fn user_activity_is_for_admins_only() {
     let d = daemon(&[]);
     let admin = d.admin_token().await;
-    // Everything but MANAGE_ADMIN_USERS, user management of clients included.
-    let (_, manager) = user_with(
-        &d,
+    // Everything but MANAGE_ADMIN_USERS, user management of clients included (an
+    // administrator: clients cannot hold user-management permissions).
+    d.create_user(
         &admin,
         "manager",
+        "manager-password-123",
+        "administrator",
         &[
             "VIEW_ALL_VMS",
             "MANAGE_ALL_VMS",
@@ -666,6 +668,7 @@ async fn user_activity_is_for_admins_only() {
         ],
     )
     .await;
+    let manager = d.login("manager", "manager-password-123").await;
     let mut c = Chan::open(&d, &manager).await;
     c.subscribe_refused("user_activity").await;
     c.subscribe("command_execution", None).await;

@@ -263,11 +263,12 @@ async fn client_manager_creates_clients_but_not_administrators() {
     let d = Daemon::start();
     let admin = d.admin_token().await;
     let admin_id = admin_uuid(&d, &admin).await;
+    // Only administrators hold user-management permissions.
     d.create_user(
         &admin,
         "manager",
         "manager-password",
-        "client",
+        "administrator",
         &["MANAGE_CLIENT_USERS"],
     )
     .await;
@@ -316,8 +317,8 @@ async fn nobody_grants_a_permission_they_do_not_hold() {
         &admin,
         "manager",
         "manager-password",
-        "client",
-        &["MANAGE_CLIENT_USERS"],
+        "administrator",
+        &["MANAGE_CLIENT_USERS", "ACCESS_CONSOLE"],
     )
     .await;
     let manager = d.login("manager", "manager-password").await;
@@ -356,11 +357,11 @@ async fn nobody_grants_a_permission_they_do_not_hold() {
         .patch(
             &path,
             Some(&manager),
-            &json!({"permissions": ["MANAGE_CLIENT_USERS"]}),
+            &json!({"permissions": ["ACCESS_CONSOLE"]}),
         )
         .await
         .expect(200);
-    assert_eq!(perms_of(&patched), sorted(&["MANAGE_CLIENT_USERS"]));
+    assert_eq!(perms_of(&patched), sorted(&["ACCESS_CONSOLE"]));
 }
 
 #[tokio::test]
@@ -382,7 +383,7 @@ async fn nobody_changes_their_own_permissions() {
             &admin,
             "manager",
             "manager-password",
-            "client",
+            "administrator",
             &["MANAGE_CLIENT_USERS", "VIEW_ALL_VMS"],
         )
         .await;
@@ -503,7 +504,7 @@ async fn setting_another_users_password_needs_change_password_permission() {
         &admin,
         "mgr",
         "mgr-password",
-        "client",
+        "administrator",
         &["MANAGE_CLIENT_USERS"],
     )
     .await;
@@ -522,7 +523,7 @@ async fn setting_another_users_password_needs_change_password_permission() {
         &admin,
         "mgr2",
         "mgr2-password",
-        "client",
+        "administrator",
         &["MANAGE_CLIENT_USERS", "CHANGE_CLIENT_PASSWORD"],
     )
     .await;
@@ -760,7 +761,7 @@ async fn permission_changes_apply_to_existing_tokens() {
             &admin,
             "mgr",
             "mgr-password",
-            "client",
+            "administrator",
             &["MANAGE_CLIENT_USERS"],
         )
         .await;

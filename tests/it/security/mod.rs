@@ -1,11 +1,13 @@
 //! Security and connection-fault tests (issue 13): forged and broken tokens on every
 //! WebSocket and REST route, live revocation on every socket kind, foreign origins, secrets
 //! that must never leak, console and ownership rules, and connection floods, slow and
-//! stopped clients. What each test promises is in `tests/RELIABILITY.md`.
+//! stopped clients; accounts under attack (issue 21: oversized login names, privilege
+//! climbing through password resets, password guessing). What each test promises is in `tests/RELIABILITY.md`.
 //!
 //! The sockets are read with `vms::Sock` accepting every API's message shape, so a test can
 //! assert that nothing but the documented refusal came before a close.
 
+mod accounts;
 mod faults;
 mod origin;
 mod ownership;
