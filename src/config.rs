@@ -80,6 +80,14 @@ pub struct Http {
     /// closed. HTTP/1.1 keep-alive is already held to `header_timeout`; this bounds HTTP/2,
     /// which hyper keeps open for as long as the peer likes. WebSockets are not affected.
     pub idle_timeout: u64,
+    /// Seconds a request (head and body) may take to arrive, from its start (HTTP/1.1: when
+    /// the connection became ready for it; HTTP/2: its head); then it is answered 408 and an
+    /// HTTP/1.1 connection is closed. Extended by `min_body_rate`.
+    pub request_timeout: u64,
+    /// Bytes per second: every this many bytes of body received extend the request's
+    /// deadline by one second, so a body that keeps arriving at least this fast is never
+    /// cut off.
+    pub min_body_rate: u64,
 }
 
 impl Default for Http {
@@ -95,6 +103,8 @@ impl Default for Http {
             max_connections_per_ip: 256,
             header_timeout: 10,
             idle_timeout: 120,
+            request_timeout: 15,
+            min_body_rate: 1024,
         }
     }
 }
@@ -475,6 +485,11 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if self.http.request_timeout == 0 || self.http.min_body_rate == 0 {
+            return Err(ConfigError::Invalid(
+                "http.request_timeout and http.min_body_rate must be at least 1".into(),
+            ));
+        }
         if self.plugins.call_timeout == 0 || self.plugins.load_timeout == 0 {
             return Err(ConfigError::Invalid(
                 "plugins.call_timeout and plugins.load_timeout must be at least 1".into(),
@@ -734,6 +749,13 @@ mod tests {
         assert!(
             matches!(e, Err(ConfigError::Env { ref var, .. }) if var == "ORCHARD_AUTH_TOKEN_TTL")
         );
+        for var in ["ORCHARD_HTTP_REQUEST_TIMEOUT", "ORCHARD_HTTP_MIN_BODY_RATE"] {
+            let e = Config::load(None, env(&[(var, "0")]), &Overrides::default());
+            assert!(
+                matches!(e, Err(ConfigError::Invalid(ref m)) if m.contains("at least 1")),
+                "{var}=0: {e:?}"
+            );
+        }
         let e = Config::load(
             None,
             env(&[("ORCHARD_AUTH_NOPE", "1")]),

@@ -418,3 +418,147 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     );
     admin_still_works(&d).await;
 }
+
+/// A TCP connection to the daemon from the loopback address `from`, or why not.
+async fn try_connect_from(addr: SocketAddr, from: [u8; 4]) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.bind(SocketAddr::new(IpAddr::from(from), 0))?;
+    s.connect(addr).await
+}
+
+/// Reads what the daemon sends until it closes the connection (or `within` passes: `None`).
+async fn read_to_close(s: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut got = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// The head of a login whose body (1000 bytes announced) stops after its first byte.
+const STALLED_LOGIN: &[u8] = b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\n\
+Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+
+/// Asserts `response` is the 408 `request_timeout` JSON error that closes the connection.
+fn assert_408(response: &str) {
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    assert!(head.starts_with("HTTP/1.1 408"), "{response:?}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nconnection: close"),
+        "{response:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}
+
+/// A request must arrive whole within `http.request_timeout` from its start, one second
+/// more per `http.min_body_rate` bytes of body received: a stalled body and one trickling
+/// below the rate get 408 and their connection is closed; one trickling above the rate for
+/// longer than the timeout is served. Without the deadline a stalled body holds its
+/// connection until `http.idle_timeout`.
+#[tokio::test]
+async fn a_request_that_does_not_arrive_in_time_gets_408_and_its_connection_closes() {
+    const TIMEOUT: u64 = 2;
+    const RATE: usize = 100;
+    let d = Daemon::builder()
+        .env("ORCHARD_HTTP_REQUEST_TIMEOUT", &TIMEOUT.to_string())
+        .env("ORCHARD_HTTP_MIN_BODY_RATE", &RATE.to_string())
+        .start();
+    d.wait_healthy().await;
+    let generous = Duration::from_secs(TIMEOUT + 8);
+    // One byte of a 1000-byte body, then nothing: 408 once the deadline (2 s + 10 ms) passes.
+    let stalled = async {
+        let mut s = connect_from(&d, [127, 0, 0, 2]).await;
+        let t0 = Instant::now();
+        s.write_all(STALLED_LOGIN).await.unwrap();
+        let response = read_to_close(&mut s, generous)
+            .await
+            .expect("a stalled body is answered and its connection closed");
+        (t0.elapsed(), response)
+    };
+    // A body of 800 bytes at 200 bytes/s (twice the minimum rate): 4 s, longer than the
+    // timeout, and served, because each 100 bytes received move the deadline 1 s later.
+    let login = serde_json::json!({"username": "admin", "password": d.admin_password()});
+    let body = format!("{:<800}", login.to_string());
+    assert_eq!(body.len(), 800);
+    let trickle = |body: String, chunk: usize, every: Duration| {
+        let d = &d;
+        async move {
+            let mut s = connect_from(d, [127, 0, 0, 3]).await;
+            let head = format!(
+                "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            let t0 = Instant::now();
+            let (mut rx, mut tx) = s.split();
+            // Read while writing: the answer may come before the body is all sent.
+            let mut got = Vec::new();
+            let read = async {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            let write = async {
+                for part in body.as_bytes().chunks(chunk) {
+                    if tx.write_all(part).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(every).await;
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::time::timeout(Duration::from_secs(10) + generous, async {
+                tokio::select! {
+                    () = read => {}
+                    () = write => {}
+                }
+            })
+            .await
+            .expect("answered and closed");
+            (t0.elapsed(), String::from_utf8_lossy(&got).into_owned())
+        }
+    };
+    let fast_enough = trickle(body.clone(), 20, Duration::from_millis(100));
+    // The same body at 10 bytes/s (a tenth of the rate): cut off after about 2.2 s.
+    let too_slow = trickle(body, 5, Duration::from_millis(500));
+    let ((stalled_after, stalled), (fast_after, fast), (slow_after, slow)) =
+        tokio::join!(stalled, fast_enough, too_slow);
+    assert_408(&stalled);
+    assert!(
+        stalled_after >= Duration::from_millis(TIMEOUT * 1000 - 100),
+        "408 after {stalled_after:?}, before the deadline"
+    );
+    assert!(fast.starts_with("HTTP/1.1 200"), "{fast:?}");
+    assert!(fast.contains("access_token"), "{fast:?}");
+    assert!(
+        fast_after > Duration::from_secs(TIMEOUT),
+        "the body took {fast_after:?}, no longer than the plain timeout"
+    );
+    assert_408(&slow);
+    assert!(
+        slow_after < Duration::from_secs(4),
+        "cut off after {slow_after:?}"
+    );
+    println!(
+        "408 after {stalled_after:?} (stalled) and {slow_after:?} (10 B/s); \
+         200 after {fast_after:?} (200 B/s)"
+    );
+    admin_still_works(&d).await;
+}
