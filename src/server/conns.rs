@@ -1,12 +1,20 @@
 //! The registry of open HTTP connections behind `http.max_connections` and
 //! `http.max_connections_per_ip`. Each connection has a place; when every place is taken, a
-//! new connection evicts the one with the least recent activity among those not producing a
-//! response (the idea of sshd's `MaxStartups`), so that connections which hold a place
-//! without completing requests cannot keep the daemon full. Activity is the connection's
-//! start, a request arriving and a response finished; a connection is producing a response
-//! from the moment it has a whole request (or its answer is ready, whichever comes first)
-//! until that response has been written, and is never evicted then. The per-address cap
-//! refuses at once, without evicting anything: one address cannot push out the others.
+//! new connection evicts one that is not producing a response (the idea of sshd's
+//! `MaxStartups`), so that connections which hold a place without completing requests
+//! cannot keep the daemon full. A connection is producing a response from the moment it has
+//! a whole request (or its answer is ready, whichever comes first) until that response has
+//! been written, and is never evicted then. The per-address cap refuses at once, without
+//! evicting anything.
+//!
+//! The victim is the least recently active connection (activity: its start, a request
+//! arriving, a response finished) of the address holding the most places. Recency alone
+//! is not enough: under a flood of reconnecting clients a new connection lives only until
+//! `max_connections` newer ones have arrived, which can be shorter than a TLS handshake or
+//! a busy client's delay before its request, so an honest client could be pushed out before
+//! it has said anything. Taking from the heaviest address first means a flood from a few
+//! addresses only evicts itself; a flood from as many addresses as there are places falls
+//! back to recency.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -86,9 +94,9 @@ impl Conns {
     }
 
     /// A place for a new connection from `ip`: refused when its address is at its cap; when
-    /// every place is taken, the connection with the least recent activity among those not
-    /// producing a response is evicted (told through [`Conn::evicted`]) and loses its place
-    /// at once; refused when there is none.
+    /// every place is taken, the least recently active connection not producing a response
+    /// of the address holding the most places is evicted (told through [`Conn::evicted`])
+    /// and loses its place at once; refused when there is none.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
         let mut inner = self.lock();
         let of_ip = inner.by_ip.get(&ip).copied().unwrap_or(0);
@@ -97,11 +105,12 @@ impl Conns {
         }
         let mut evicted = None;
         if self.total != 0 && inner.live.len() >= self.total {
+            let places = |ip: &IpAddr| inner.by_ip.get(ip).copied().unwrap_or(0);
             let victim = inner
                 .live
                 .iter()
                 .filter(|(_, e)| e.busy == 0)
-                .min_by_key(|(_, e)| e.last)
+                .min_by_key(|(_, e)| (std::cmp::Reverse(places(&e.ip)), e.last))
                 .map(|(id, _)| *id);
             let Some(victim) = victim.and_then(|id| inner.remove(id)) else {
                 return Err(Refused::Full);
@@ -255,6 +264,40 @@ mod tests {
         assert_eq!(sixth.evicted, Some(b));
         assert!(evicted(&third));
         drop((g1, g2));
+    }
+
+    #[test]
+    fn the_address_holding_the_most_places_loses_one_first() {
+        let conns = Conns::new(4, 0);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let c: IpAddr = [10, 0, 0, 3].into();
+        let lone = conns.admit(a).unwrap().conn;
+        let flood: Vec<Conn> = (0..3).map(|_| conns.admit(b).unwrap().conn).collect();
+        // The lone connection is the least recently active, but its address holds one place
+        // and the flood's three: the flood's oldest goes first, then the next.
+        let mut newer = Vec::new();
+        for victim in &flood[..2] {
+            let next = conns.admit(c).unwrap();
+            assert_eq!(next.evicted, Some(b));
+            assert!(evicted(victim) && !evicted(&lone));
+            newer.push(next.conn);
+        }
+        // a, b and c hold 1, 1 and 2 places: one of c's goes, its least recently active.
+        let next = conns.admit(b).unwrap();
+        assert_eq!(next.evicted, Some(c));
+        assert!(evicted(&newer[0]) && !evicted(&newer[1]) && !evicted(&lone));
+        // b holds two again (the flood's last and the newcomer): its older one goes.
+        let last = conns.admit(c).unwrap();
+        assert_eq!(last.evicted, Some(b));
+        assert!(evicted(&flood[2]) && !evicted(&next.conn) && !evicted(&lone));
+        // One place per address: plain recency.
+        let singles = Conns::new(2, 0);
+        let first = singles.admit(a).unwrap().conn;
+        let second = singles.admit(b).unwrap().conn;
+        first.activity().touch();
+        assert_eq!(singles.admit(c).unwrap().evicted, Some(b));
+        assert!(evicted(&second) && !evicted(&first));
     }
 
     #[test]

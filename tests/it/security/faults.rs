@@ -562,3 +562,217 @@ async fn a_request_that_does_not_arrive_in_time_gets_408_and_its_connection_clos
     );
     admin_still_works(&d).await;
 }
+
+/// Outcomes of the stalling clients of the flood test.
+#[derive(Default)]
+struct StallCounts {
+    connects: std::sync::atomic::AtomicUsize,
+    /// Closed by the daemon without an answer: evicted for a newer connection.
+    evicted: std::sync::atomic::AtomicUsize,
+    /// Answered 408.
+    timed_out: std::sync::atomic::AtomicUsize,
+}
+
+/// One stalling client: connects from `from`, sends a login head announcing 1000 bytes of
+/// body and one byte of it, then nothing; when the daemon closes it, does it again, until
+/// `stop`.
+async fn staller(
+    addr: SocketAddr,
+    from: [u8; 4],
+    stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    counts: std::sync::Arc<StallCounts>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut stopping = stop.subscribe();
+    while !*stopping.borrow() {
+        let Ok(mut s) = try_connect_from(addr, from).await else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        counts.connects.fetch_add(1, Relaxed);
+        if s.write_all(STALLED_LOGIN).await.is_err() {
+            continue;
+        }
+        let mut got = Vec::new();
+        let ended = async {
+            let mut buf = [0u8; 512];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::select! {
+            () = ended => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        if got.starts_with(b"HTTP/1.1 408") {
+            counts.timed_out.fetch_add(1, Relaxed);
+        } else {
+            counts.evicted.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// `GET /healthz` on a fresh connection from `from`; its latency, or why it failed.
+async fn probe_healthz(addr: SocketAddr, from: [u8; 4]) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let mut s = try_connect_from(addr, from)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let response = read_to_close(&mut s, Duration::from_secs(30))
+        .await
+        .ok_or("no answer in 30 s")?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(format!("answer {response:?}"));
+    }
+    Ok(t0.elapsed())
+}
+
+/// Slow request bodies cannot hold every connection place (issue 21, item 2): 6 addresses ×
+/// 40 clients (240, against `http.max_connections` 100 and 40 per address) each send a
+/// login head announcing 1000 bytes of body and one byte of it, then nothing, and reconnect
+/// at once whenever the daemon closes them. Meanwhile, from yet another address, a fresh
+/// connection's `GET /healthz` answers 200 every time within a generous 5 s, and the admin
+/// logs in. Before the flood, a 41st connection from one address is still refused at once
+/// without evicting any of its 40. Without eviction every probe is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_answer() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    const PER_IP: usize = 40;
+    const FLOOD_FOR: Duration = Duration::from_secs(10);
+    const PROBE_WITHIN: Duration = Duration::from_secs(5);
+    let d = Daemon::builder()
+        .env("ORCHARD_HTTP_MAX_CONNECTIONS_PER_IP", &PER_IP.to_string())
+        .env("ORCHARD_HTTP_MAX_CONNECTIONS", "100")
+        .start();
+    let pid = daemon_pid(&d);
+    d.wait_healthy().await;
+    let rss_before = proc_status(pid, "VmRSS");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    let fds_before = fds();
+    let addr = d.addr();
+    let quick = Duration::from_millis(300);
+
+    // The per-address cap refuses at once and evicts nothing.
+    let mut held = Vec::new();
+    for _ in 0..PER_IP {
+        let mut s = connect_from(&d, [127, 0, 0, 2]).await;
+        s.write_all(STALLED_LOGIN).await.unwrap();
+        held.push(s);
+    }
+    let mut extra = connect_from(&d, [127, 0, 0, 2]).await;
+    assert!(
+        closed_within(&mut extra, quick).await,
+        "one over the per-address cap is closed at once"
+    );
+    let verdicts = join_all(held.iter_mut().map(|s| closed_within(s, quick))).await;
+    assert!(
+        verdicts.iter().all(|c| !*c),
+        "the per-address cap evicted one of its own"
+    );
+    drop(held);
+
+    // The flood.
+    let stop = Arc::new(tokio::sync::watch::channel(false).0);
+    let counts = Arc::new(StallCounts::default());
+    let mut stallers = Vec::new();
+    for last in 2..=7u8 {
+        for _ in 0..PER_IP {
+            stallers.push(tokio::spawn(staller(
+                addr,
+                [127, 0, 0, last],
+                stop.clone(),
+                counts.clone(),
+            )));
+        }
+    }
+    crate::harness::eventually(T, "the stalling clients to fill every place", || async {
+        (counts.connects.load(Relaxed) > 6 * PER_IP).then_some(())
+    })
+    .await;
+
+    // Probes from 127.0.0.8: /healthz every 50 ms; an admin login after every tenth.
+    let probe_from = [127, 0, 0, 8];
+    let login_client = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(IpAddr::from(probe_from))
+        .pool_max_idle_per_host(0)
+        .timeout(PROBE_WITHIN)
+        .build()
+        .unwrap();
+    let login = serde_json::json!({"username": "admin", "password": d.admin_password()});
+    let mut latencies = Vec::new();
+    let mut logins = Vec::new();
+    let mut max_fds = 0;
+    let until = Instant::now() + FLOOD_FOR;
+    while Instant::now() < until {
+        let latency = tokio::time::timeout(PROBE_WITHIN, probe_healthz(addr, probe_from))
+            .await
+            .unwrap_or_else(|_| panic!("/healthz not answered within {PROBE_WITHIN:?}"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "/healthz probe {} failed: {e}\n{}",
+                    latencies.len(),
+                    d.logs()
+                        .lines()
+                        .rev()
+                        .take(40)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+        latencies.push(latency);
+        max_fds = max_fds.max(fds());
+        if latencies.len() % 10 == 0 {
+            let t0 = Instant::now();
+            let r = login_client
+                .post(d.url("/api/auth/login"))
+                .json(&login)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("admin login during the flood: {e}"));
+            assert_eq!(r.status(), 200, "admin login during the flood");
+            let body: serde_json::Value = r.json().await.expect("login body");
+            assert!(body["access_token"].is_string(), "{body}");
+            logins.push(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let evicted = counts.evicted.load(Relaxed);
+    let _ = stop.send(true);
+    for s in stallers {
+        s.await.expect("staller");
+    }
+    let rss_after = proc_status(pid, "VmRSS");
+
+    latencies.sort();
+    logins.sort();
+    let max = latencies.last().copied().unwrap_or_default();
+    let median = latencies[latencies.len() / 2];
+    println!(
+        "flood: {} connects, {evicted} evicted, {} answered 408; {} /healthz probes, median \
+         {median:?}, max {max:?}; {} admin logins, max {:?}; daemon fds {fds_before} → max \
+         {max_fds}; RSS {rss_before} → {rss_after} kB",
+        counts.connects.load(Relaxed),
+        counts.timed_out.load(Relaxed),
+        latencies.len(),
+        logins.len(),
+        logins.last().copied().unwrap_or_default(),
+    );
+    assert!(
+        evicted > 100,
+        "the stalling clients were evicted ({evicted}), not refused"
+    );
+    assert!(latencies.len() >= 20 && !logins.is_empty());
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+    admin_still_works(&d).await;
+}
