@@ -308,6 +308,10 @@ pub struct Clusters {
     pub max_message: u64,
     /// A burst of member changes gives one `cluster.updated` per cluster per this many ms.
     pub debounce_ms: u64,
+    /// Token-less cluster streams open at once (503 above; 0: no cap).
+    pub max_anonymous: usize,
+    /// The same, from one client address (503 above; 0: no per-address cap).
+    pub max_anonymous_per_ip: usize,
 }
 
 impl Default for Clusters {
@@ -319,6 +323,8 @@ impl Default for Clusters {
             write_deadline: 10,
             max_message: 512,
             debounce_ms: 250,
+            max_anonymous: 256,
+            max_anonymous_per_ip: 64,
         }
     }
 }

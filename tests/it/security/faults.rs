@@ -776,3 +776,132 @@ async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_
     );
     admin_still_works(&d).await;
 }
+
+type ClientWs = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Upgrades `path_and_query` on a connection from `from`: the socket, or the refusal's
+/// status and body.
+async fn upgrade_from(
+    d: &Daemon,
+    from: [u8; 4],
+    path_and_query: &str,
+) -> Result<ClientWs, (u16, String)> {
+    let tcp = connect_from(d, from).await;
+    let url = format!("ws://{}{path_and_query}", d.addr());
+    match tokio_tungstenite::client_async(url, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err((
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => panic!("upgrade {path_and_query}: {e}"),
+    }
+}
+
+/// The next text message of `ws` within `T`.
+async fn next_text(ws: &mut ClientWs) -> String {
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(T, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                return t.as_str().to_owned();
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no message: {other:?}"),
+        }
+    }
+}
+
+/// Token-less cluster streams (D's anonymous `/ws` and `/ws/clusters` without a token) are
+/// capped (issue 21, item 3): from one address exactly `clusters.max_anonymous_per_ip` (5)
+/// open and the rest are refused 503 `busy` before the upgrade, `clusters.max_anonymous`
+/// (8) in all; meanwhile sockets with a token (cluster stream, channels) and an agent socket
+/// (which has its own unauthenticated places) still open from that address; the open ones
+/// get events; closing two frees two places. Without the cap every one opened, until the
+/// daemon ran out of file descriptors.
+#[tokio::test]
+async fn anonymous_cluster_streams_are_capped_per_address_and_in_all_and_free_up_when_closed() {
+    use futures_util::SinkExt;
+    let d = Daemon::builder()
+        .env("ORCHARD_CLUSTERS_MAX_ANONYMOUS_PER_IP", "5")
+        .env("ORCHARD_CLUSTERS_MAX_ANONYMOUS", "8")
+        .start();
+    let pid = daemon_pid(&d);
+    let admin = d.admin_token().await;
+    let rss_before = proc_status(pid, "VmRSS");
+    let from = [127, 0, 0, 2];
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..8 {
+        match upgrade_from(&d, from, "/ws").await {
+            Ok(ws) => open.push(ws),
+            Err(r) => refused.push(r),
+        }
+    }
+    assert_eq!(open.len(), 5, "anonymous sockets from one address");
+    assert_eq!(refused.len(), 3);
+    for (status, body) in &refused {
+        assert_eq!(*status, 503, "{body}");
+        let body: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
+        assert_eq!(body["error"]["code"], "busy", "{body}");
+    }
+    let refusal = upgrade_from(&d, from, "/ws/clusters").await.err();
+    assert_eq!(
+        refusal.map(|r| r.0),
+        Some(503),
+        "a token-less /ws/clusters counts too"
+    );
+    // Sockets with a token take no anonymous place; nor does an agent on its way to
+    // authenticating.
+    let token = enc(&admin);
+    let mut with_token = upgrade_from(&d, from, &format!("/ws/clusters?token={token}"))
+        .await
+        .expect("a token-bearing cluster stream opens");
+    let _channels = upgrade_from(&d, from, &format!("/ws?access_token={token}"))
+        .await
+        .expect("a channels socket opens");
+    let _agent = upgrade_from(&d, from, "/api/v1/agents/ws")
+        .await
+        .expect("an agent socket opens");
+    // The global cap: 3 more from another address, then 503.
+    for _ in 0..3 {
+        open.push(
+            upgrade_from(&d, [127, 0, 0, 3], "/ws")
+                .await
+                .expect("under the global cap"),
+        );
+    }
+    let refusal = upgrade_from(&d, [127, 0, 0, 3], "/ws").await.err();
+    assert_eq!(refusal.map(|r| r.0), Some(503), "over the global cap");
+    // The open ones are live: they get the next event.
+    d.post(
+        "/api/clusters",
+        Some(&admin),
+        &serde_json::json!({"name": "capped"}),
+    )
+    .await
+    .expect(201);
+    for ws in open.iter_mut().chain([&mut with_token]) {
+        let event: serde_json::Value = serde_json::from_str(&next_text(ws).await).unwrap();
+        assert_eq!(event["type"], "cluster.added", "{event}");
+    }
+    // Closing two from the first address frees two places there.
+    for mut ws in open.drain(..2) {
+        ws.close(None).await.expect("close");
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
+    }
+    for _ in 0..2 {
+        let ws = crate::harness::eventually(T, "a freed anonymous place", || async {
+            upgrade_from(&d, from, "/ws").await.ok()
+        })
+        .await;
+        open.push(ws);
+    }
+    let refusal = upgrade_from(&d, from, "/ws").await.err();
+    assert_eq!(refusal.map(|r| r.0), Some(503), "the cap holds again");
+    let rss_after = proc_status(pid, "VmRSS");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+}
