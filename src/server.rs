@@ -43,10 +43,25 @@ pub struct BindError {
     source: std::io::Error,
 }
 
+/// The listen backlog: connections the kernel completes and queues before we accept them
+/// (it caps this at `net.core.somaxconn`, 4096 by default). The usual 128 overflows under a
+/// flood of reconnecting clients, and then a new client's SYN is dropped and only retried a
+/// second later; with a deep queue it waits its turn behind the flood instead, which the
+/// accept loop (and eviction) clears at thousands of connections a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| BindError { addr, source })
 }
 
 /// How long a client may take to complete the TLS handshake.

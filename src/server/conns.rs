@@ -16,7 +16,7 @@
 //! addresses only evicts itself; a flood from as many addresses as there are places falls
 //! back to recency.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,8 +34,8 @@ struct Inner {
     next_id: u64,
     /// A logical clock: bumped at every activity, so that older activity has a lower tick.
     clock: u64,
-    by_ip: HashMap<IpAddr, usize>,
     live: HashMap<u64, Entry>,
+    by_ip: HashMap<IpAddr, Address>,
 }
 
 struct Entry {
@@ -47,21 +47,81 @@ struct Entry {
     evict: Arc<Notify>,
 }
 
+/// The connections of one address.
+#[derive(Default)]
+struct Address {
+    places: usize,
+    /// `(last, id)` of those not producing a response, least recently active first.
+    idle: BTreeSet<(u64, u64)>,
+}
+
 impl Inner {
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
     }
 
+    fn insert(&mut self, id: u64, ip: IpAddr, evict: Arc<Notify>) {
+        let last = self.tick();
+        self.live.insert(
+            id,
+            Entry {
+                ip,
+                last,
+                busy: 0,
+                evict,
+            },
+        );
+        let address = self.by_ip.entry(ip).or_default();
+        address.places += 1;
+        address.idle.insert((last, id));
+    }
+
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.live.remove(&id)?;
-        if let Some(n) = self.by_ip.get_mut(&entry.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(address) = self.by_ip.get_mut(&entry.ip) {
+            address.places = address.places.saturating_sub(1);
+            address.idle.remove(&(entry.last, id));
+            if address.places == 0 {
                 self.by_ip.remove(&entry.ip);
             }
         }
         Some(entry)
+    }
+
+    /// Activity on `id`; `busy` changes its count of responses in production by +1 or -1.
+    fn update(&mut self, id: u64, busy: isize, activity: bool) -> bool {
+        let tick = if activity { self.tick() } else { 0 };
+        let Inner { live, by_ip, .. } = self;
+        let Some(e) = live.get_mut(&id) else {
+            return false;
+        };
+        let mut idle = by_ip.get_mut(&e.ip).map(|a| &mut a.idle);
+        if e.busy == 0
+            && let Some(idle) = idle.as_mut()
+        {
+            idle.remove(&(e.last, id));
+        }
+        if activity {
+            e.last = tick;
+        }
+        e.busy = e.busy.saturating_add_signed(busy);
+        if e.busy == 0
+            && let Some(idle) = idle
+        {
+            idle.insert((e.last, id));
+        }
+        true
+    }
+
+    /// The least recently active connection not producing a response of the address
+    /// holding the most places.
+    fn victim(&self) -> Option<u64> {
+        self.by_ip
+            .values()
+            .filter_map(|a| a.idle.first().map(|&(last, id)| (a.places, last, id)))
+            .min_by_key(|&(places, last, _)| (std::cmp::Reverse(places), last))
+            .map(|(_, _, id)| id)
     }
 }
 
@@ -99,20 +159,13 @@ impl Conns {
     /// and loses its place at once; refused when there is none.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
         let mut inner = self.lock();
-        let of_ip = inner.by_ip.get(&ip).copied().unwrap_or(0);
+        let of_ip = inner.by_ip.get(&ip).map_or(0, |a| a.places);
         if self.per_ip != 0 && of_ip >= self.per_ip {
             return Err(Refused::PerAddress);
         }
         let mut evicted = None;
         if self.total != 0 && inner.live.len() >= self.total {
-            let places = |ip: &IpAddr| inner.by_ip.get(ip).copied().unwrap_or(0);
-            let victim = inner
-                .live
-                .iter()
-                .filter(|(_, e)| e.busy == 0)
-                .min_by_key(|(_, e)| (std::cmp::Reverse(places(&e.ip)), e.last))
-                .map(|(id, _)| *id);
-            let Some(victim) = victim.and_then(|id| inner.remove(id)) else {
+            let Some(victim) = inner.victim().and_then(|id| inner.remove(id)) else {
                 return Err(Refused::Full);
             };
             victim.evict.notify_one();
@@ -120,18 +173,8 @@ impl Conns {
         }
         inner.next_id += 1;
         let id = inner.next_id;
-        let last = inner.tick();
         let evict = Arc::new(Notify::new());
-        inner.live.insert(
-            id,
-            Entry {
-                ip,
-                last,
-                busy: 0,
-                evict: evict.clone(),
-            },
-        );
-        *inner.by_ip.entry(ip).or_insert(0) += 1;
+        inner.insert(id, ip, evict.clone());
         Ok(Admitted {
             conn: Conn {
                 activity: Activity {
@@ -185,20 +228,13 @@ pub struct Activity {
 impl Activity {
     /// Something happened on the connection (a request arrived).
     pub fn touch(&self) {
-        let mut inner = self.conns.lock();
-        let tick = inner.tick();
-        if let Some(e) = inner.live.get_mut(&self.id) {
-            e.last = tick;
-        }
+        self.conns.lock().update(self.id, 0, true);
     }
 
     /// The connection is producing a response until the guard is dropped (which is
     /// activity too); `None` when it has lost its place already.
     pub fn busy(&self) -> Option<Busy> {
-        let mut inner = self.conns.lock();
-        let e = inner.live.get_mut(&self.id)?;
-        e.busy += 1;
-        Some(Busy {
+        self.conns.lock().update(self.id, 1, false).then(|| Busy {
             activity: self.clone(),
         })
     }
@@ -211,12 +247,10 @@ pub struct Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut inner = self.activity.conns.lock();
-        let tick = inner.tick();
-        if let Some(e) = inner.live.get_mut(&self.activity.id) {
-            e.busy = e.busy.saturating_sub(1);
-            e.last = tick;
-        }
+        self.activity
+            .conns
+            .lock()
+            .update(self.activity.id, -1, true);
     }
 }
 
@@ -298,6 +332,64 @@ mod tests {
         first.activity().touch();
         assert_eq!(singles.admit(c).unwrap().evicted, Some(b));
         assert!(evicted(&second) && !evicted(&first));
+    }
+
+    impl Inner {
+        /// The per-address index agrees with the connections, and the victim is the one a
+        /// plain scan of every connection picks.
+        fn check(&self) {
+            let mut places: HashMap<IpAddr, usize> = HashMap::new();
+            for e in self.live.values() {
+                *places.entry(e.ip).or_default() += 1;
+            }
+            assert_eq!(places.len(), self.by_ip.len());
+            for (ip, a) in &self.by_ip {
+                assert_eq!(Some(&a.places), places.get(ip));
+                let idle: BTreeSet<(u64, u64)> = self
+                    .live
+                    .iter()
+                    .filter(|(_, e)| e.ip == *ip && e.busy == 0)
+                    .map(|(id, e)| (e.last, *id))
+                    .collect();
+                assert_eq!(a.idle, idle);
+            }
+            let scanned = self
+                .live
+                .iter()
+                .filter(|(_, e)| e.busy == 0)
+                .min_by_key(|(_, e)| (std::cmp::Reverse(places[&e.ip]), e.last))
+                .map(|(id, _)| *id);
+            assert_eq!(self.victim(), scanned);
+        }
+    }
+
+    #[test]
+    fn the_index_agrees_with_a_plain_scan_through_random_activity() {
+        let conns = Conns::new(16, 6);
+        let mut open: Vec<Conn> = Vec::new();
+        let mut busy: Vec<Busy> = Vec::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let pick = |n: usize| usize::try_from(x >> 33).unwrap() % n.max(1);
+            match x % 5 {
+                0 | 1 => {
+                    let ip: IpAddr = [10, 0, 0, u8::try_from(x % 4).unwrap()].into();
+                    if let Ok(a) = conns.admit(ip) {
+                        open.push(a.conn);
+                    }
+                }
+                2 if !open.is_empty() => open[pick(open.len())].activity().touch(),
+                3 if !open.is_empty() => busy.extend(open[pick(open.len())].activity().busy()),
+                4 if !busy.is_empty() => drop(busy.swap_remove(pick(busy.len()))),
+                _ if !open.is_empty() => drop(open.swap_remove(pick(open.len()))),
+                _ => {}
+            }
+            open.retain(|c| !evicted(c));
+            conns.lock().check();
+        }
     }
 
     #[test]

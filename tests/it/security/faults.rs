@@ -640,17 +640,33 @@ async fn probe_healthz(addr: SocketAddr, from: [u8; 4]) -> Result<Duration, Stri
 /// connection's `GET /healthz` answers 200 every time within a generous 5 s, and the admin
 /// logs in. Before the flood, a 41st connection from one address is still refused at once
 /// without evicting any of its 40. Without eviction every probe is refused.
+///
+/// `ORCHARD_STALL_FLOOD_PER_ADDRESS=N` runs it at the scale instead: the daemon's
+/// caps at their defaults (1024, 256 per address) and N stalling clients per address
+/// (217: 1,302 in all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_answer() {
     use std::sync::Arc;
     use std::sync::atomic::Ordering::Relaxed;
-    const PER_IP: usize = 40;
     const FLOOD_FOR: Duration = Duration::from_secs(10);
     const PROBE_WITHIN: Duration = Duration::from_secs(5);
-    let d = Daemon::builder()
-        .env("ORCHARD_HTTP_MAX_CONNECTIONS_PER_IP", &PER_IP.to_string())
-        .env("ORCHARD_HTTP_MAX_CONNECTIONS", "100")
-        .start();
+    let scaled = std::env::var("ORCHARD_STALL_FLOOD_PER_ADDRESS")
+        .ok()
+        .map(|n| {
+            n.parse::<usize>()
+                .expect("ORCHARD_STALL_FLOOD_PER_ADDRESS: a number")
+        });
+    let mut d = Daemon::builder();
+    let (per_ip, per_address) = match scaled {
+        Some(n) => (256, n),
+        None => {
+            d = d
+                .env("ORCHARD_HTTP_MAX_CONNECTIONS_PER_IP", "40")
+                .env("ORCHARD_HTTP_MAX_CONNECTIONS", "100");
+            (40, 40)
+        }
+    };
+    let d = d.start();
     let pid = daemon_pid(&d);
     d.wait_healthy().await;
     let rss_before = proc_status(pid, "VmRSS");
@@ -661,7 +677,7 @@ async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_
 
     // The per-address cap refuses at once and evicts nothing.
     let mut held = Vec::new();
-    for _ in 0..PER_IP {
+    for _ in 0..per_ip {
         let mut s = connect_from(&d, [127, 0, 0, 2]).await;
         s.write_all(STALLED_LOGIN).await.unwrap();
         held.push(s);
@@ -678,22 +694,37 @@ async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_
     );
     drop(held);
 
-    // The flood.
+    // The flood, on a thread and runtime of its own (as an attacker elsewhere would be), so
+    // that the probes below are not queued behind the stalling clients' tasks.
     let stop = Arc::new(tokio::sync::watch::channel(false).0);
     let counts = Arc::new(StallCounts::default());
-    let mut stallers = Vec::new();
-    for last in 2..=7u8 {
-        for _ in 0..PER_IP {
-            stallers.push(tokio::spawn(staller(
-                addr,
-                [127, 0, 0, last],
-                stop.clone(),
-                counts.clone(),
-            )));
-        }
-    }
+    let flood = {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the flood's runtime");
+            rt.block_on(async move {
+                let mut stallers = Vec::new();
+                for last in 2..=7u8 {
+                    for _ in 0..per_address {
+                        stallers.push(tokio::spawn(staller(
+                            addr,
+                            [127, 0, 0, last],
+                            stop.clone(),
+                            counts.clone(),
+                        )));
+                    }
+                }
+                for s in stallers {
+                    s.await.expect("staller");
+                }
+            });
+        })
+    };
     crate::harness::eventually(T, "the stalling clients to fill every place", || async {
-        (counts.connects.load(Relaxed) > 6 * PER_IP).then_some(())
+        (counts.connects.load(Relaxed) > 6 * per_address).then_some(())
     })
     .await;
 
@@ -746,9 +777,10 @@ async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_
     }
     let evicted = counts.evicted.load(Relaxed);
     let _ = stop.send(true);
-    for s in stallers {
-        s.await.expect("staller");
-    }
+    tokio::task::spawn_blocking(move || flood.join())
+        .await
+        .expect("join")
+        .expect("the flood's thread");
     let rss_after = proc_status(pid, "VmRSS");
 
     latencies.sort();
@@ -769,7 +801,7 @@ async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_
         evicted > 100,
         "the stalling clients were evicted ({evicted}), not refused"
     );
-    assert!(latencies.len() >= 20 && !logins.is_empty());
+    assert!(latencies.len() >= 5 && !logins.is_empty(), "probes ran");
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} kB to {rss_after} kB"
