@@ -362,6 +362,8 @@ struct Exchange {
 struct ExchangeState {
     received: u64,
     complete: bool,
+    /// The response has been written (or abandoned): nothing is in production any more.
+    finished: bool,
     busy: Option<conns::Busy>,
 }
 
@@ -379,22 +381,27 @@ impl Exchange {
     fn complete(&self) {
         let mut st = self.lock();
         st.complete = true;
-        if st.busy.is_none() {
-            st.busy = self.conn.activity.busy();
-        }
+        self.produce(&mut st);
     }
 
     /// The response is ready (possibly before the whole body was read: 404, 413…).
     fn responding(&self) {
-        let mut st = self.lock();
-        if st.busy.is_none() {
+        self.produce(&mut self.lock());
+    }
+
+    fn produce(&self, st: &mut ExchangeState) {
+        if st.busy.is_none() && !st.finished {
             st.busy = self.conn.activity.busy();
         }
     }
 
     /// The response has been written (or abandoned).
     fn finished(&self) {
-        let busy = self.lock().busy.take();
+        let busy = {
+            let mut st = self.lock();
+            st.finished = true;
+            st.busy.take()
+        };
         drop(busy);
         self.conn.ready();
     }
