@@ -556,7 +556,7 @@ async fn a_request_that_does_not_arrive_in_time_gets_408_and_its_connection_clos
         slow_after < Duration::from_secs(4),
         "cut off after {slow_after:?}"
     );
-    println!(
+    eprintln!(
         "408 after {stalled_after:?} (stalled) and {slow_after:?} (10 B/s); \
          200 after {fast_after:?} (200 B/s)"
     );
@@ -787,7 +787,7 @@ async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_
     logins.sort();
     let max = latencies.last().copied().unwrap_or_default();
     let median = latencies[latencies.len() / 2];
-    println!(
+    eprintln!(
         "flood: {} connects, {evicted} evicted, {} answered 408; {} /healthz probes, median \
          {median:?}, max {max:?}; {} admin logins, max {:?}; daemon fds {fds_before} → max \
          {max_fds}; RSS {rss_before} → {rss_after} kB",
@@ -853,7 +853,6 @@ async fn next_text(ws: &mut ClientWs) -> String {
 /// daemon ran out of file descriptors.
 #[tokio::test]
 async fn anonymous_cluster_streams_are_capped_per_address_and_in_all_and_free_up_when_closed() {
-    use futures_util::SinkExt;
     let d = Daemon::builder()
         .env("ORCHARD_CLUSTERS_MAX_ANONYMOUS_PER_IP", "5")
         .env("ORCHARD_CLUSTERS_MAX_ANONYMOUS", "8")
