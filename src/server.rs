@@ -133,10 +133,11 @@ impl Drop for Slot {
 /// At most `http.max_connections` HTTP connections are open at once, at most
 /// `http.max_connections_per_ip` from one address (a connection upgraded to a WebSocket
 /// leaves the count: sockets have their own admission in `ws/`). One over the per-address
-/// cap is closed at once; one over the total evicts the connection with the least recent
-/// activity that is not producing a response (closed at once if every one is). A connection
-/// must send its first request head within `http.header_timeout` (and each later one on a
-/// kept-alive connection too), else it is closed; a request must arrive whole within
+/// cap is closed at once; one over the total evicts a connection not producing a response,
+/// the least recently active of the address holding the most places (`conns`; the newcomer
+/// is closed at once if every one is producing a response). A connection must send its
+/// first request head within `http.header_timeout` (and each later one on a kept-alive
+/// connection too), else it is closed; a request must arrive whole within
 /// `http.request_timeout` (longer as its body arrives, see [`Exchange`]), else it is
 /// answered 408.
 pub async fn serve(
@@ -174,7 +175,7 @@ pub async fn serve(
         let conn = match conns.admit(peer.ip()) {
             Ok(admitted) => {
                 if let Some(victim) = admitted.evicted {
-                    tracing::debug!(%peer, %victim, "every connection place taken; evicted the least recently active");
+                    tracing::debug!(%peer, %victim, "every connection place taken; evicted one");
                 }
                 admitted.conn
             }
