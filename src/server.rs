@@ -414,8 +414,16 @@ impl Exchange {
         if st.complete {
             return None;
         }
-        let grace = st.received.saturating_mul(1000) / self.deadline.min_rate;
-        Some(self.start + self.deadline.timeout + Duration::from_millis(grace))
+        let grace =
+            Duration::from_millis(st.received.saturating_mul(1000) / self.deadline.min_rate);
+        let allowed = self.deadline.timeout.saturating_add(grace);
+        // Beyond what an `Instant` holds, a year is as good.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        Some(
+            self.start
+                .checked_add(allowed)
+                .unwrap_or_else(|| Instant::now() + year),
+        )
     }
 
     /// Runs `answer` (the service's future) unless the request has not arrived whole by its
