@@ -80,6 +80,14 @@ pub struct Http {
     /// closed. HTTP/1.1 keep-alive is already held to `header_timeout`; this bounds HTTP/2,
     /// which hyper keeps open for as long as the peer likes. WebSockets are not affected.
     pub idle_timeout: u64,
+    /// Seconds a request (head and body) may take to arrive, from its start (HTTP/1.1: when
+    /// the connection became ready for it; HTTP/2: its head); then it is answered 408 and an
+    /// HTTP/1.1 connection is closed. Extended by `min_body_rate`.
+    pub request_timeout: u64,
+    /// Bytes per second: every this many bytes of body received extend the request's
+    /// deadline by one second, so a body that keeps arriving at least this fast is never
+    /// cut off.
+    pub min_body_rate: u64,
 }
 
 impl Default for Http {
@@ -95,6 +103,8 @@ impl Default for Http {
             max_connections_per_ip: 256,
             header_timeout: 10,
             idle_timeout: 120,
+            request_timeout: 15,
+            min_body_rate: 1024,
         }
     }
 }
@@ -313,6 +323,10 @@ pub struct Clusters {
     pub max_message: u64,
     /// A burst of member changes gives one `cluster.updated` per cluster per this many ms.
     pub debounce_ms: u64,
+    /// Token-less cluster streams open at once (503 above; 0: no cap).
+    pub max_anonymous: usize,
+    /// The same, from one client address (503 above; 0: no per-address cap).
+    pub max_anonymous_per_ip: usize,
 }
 
 impl Default for Clusters {
@@ -324,6 +338,8 @@ impl Default for Clusters {
             write_deadline: 10,
             max_message: 512,
             debounce_ms: 250,
+            max_anonymous: 256,
+            max_anonymous_per_ip: 64,
         }
     }
 }
@@ -490,6 +506,11 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if self.http.request_timeout == 0 || self.http.min_body_rate == 0 {
+            return Err(ConfigError::Invalid(
+                "http.request_timeout and http.min_body_rate must be at least 1".into(),
+            ));
+        }
         if self.plugins.call_timeout == 0 || self.plugins.load_timeout == 0 {
             return Err(ConfigError::Invalid(
                 "plugins.call_timeout and plugins.load_timeout must be at least 1".into(),
@@ -761,6 +782,13 @@ mod tests {
         assert!(
             matches!(e, Err(ConfigError::Env { ref var, .. }) if var == "ORCHARD_AUTH_TOKEN_TTL")
         );
+        for var in ["ORCHARD_HTTP_REQUEST_TIMEOUT", "ORCHARD_HTTP_MIN_BODY_RATE"] {
+            let e = Config::load(None, env(&[(var, "0")]), &Overrides::default());
+            assert!(
+                matches!(e, Err(ConfigError::Invalid(ref m)) if m.contains("at least 1")),
+                "{var}=0: {e:?}"
+            );
+        }
         let e = Config::load(
             None,
             env(&[("ORCHARD_AUTH_NOPE", "1")]),

@@ -22,6 +22,10 @@ pub enum Error {
     MethodNotAllowed { allow: String },
     #[error("{0}")]
     Conflict(String),
+    /// The request (head and body) did not arrive within its deadline
+    /// (`http.request_timeout`, `http.min_body_rate`).
+    #[error("the request did not arrive in time")]
+    RequestTimeout,
     #[error("request body too large (limit {limit} bytes)")]
     PayloadTooLarge { limit: u64 },
     #[error("too many failed attempts; retry in {retry_after} s")]
@@ -61,6 +65,7 @@ impl Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
@@ -80,6 +85,7 @@ impl Error {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Conflict(_) => "conflict",
+            Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::NotSupported(_) => "not_supported",

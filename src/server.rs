@@ -1,13 +1,18 @@
 //! The one listener: accept loop, TLS (rustls) when configured, HTTP/1.1 and HTTP/2 with
-//! upgrades (for WebSockets, over TLS too), the client address for every request, and
-//! graceful shutdown.
+//! upgrades (for WebSockets, over TLS too), the client address for every request, the
+//! connection caps with eviction (`conns`), the request deadline, and graceful shutdown.
+
+mod conns;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -17,11 +22,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use hyper::body::Incoming;
 use tower_service::Service;
-use warp::http::Request;
+use warp::http::{HeaderValue, Request, Version, header};
 use warp::reply::Response;
 
 use crate::state::AppState;
@@ -37,10 +43,25 @@ pub struct BindError {
     source: std::io::Error,
 }
 
+/// The listen backlog: connections the kernel completes and queues before we accept them
+/// (it caps this at `net.core.somaxconn`, 4096 by default). The usual 128 overflows under a
+/// flood of reconnecting clients, and then a new client's SYN is dropped and only retried a
+/// second later; with a deep queue it waits its turn behind the flood instead, which the
+/// accept loop (and eviction) clears at thousands of connections a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| BindError { addr, source })
 }
 
 /// How long a client may take to complete the TLS handshake.
@@ -111,9 +132,14 @@ impl Drop for Slot {
 /// With `tls`, every connection is a TLS one (HTTPS and WSS); the rest is the same path.
 /// At most `http.max_connections` HTTP connections are open at once, at most
 /// `http.max_connections_per_ip` from one address (a connection upgraded to a WebSocket
-/// leaves the count: sockets have their own admission in `ws/`); one over a cap is closed at
-/// once. A connection must send its first request head within `http.header_timeout` (and
-/// each later one on a kept-alive connection too), else it is closed.
+/// leaves the count: sockets have their own admission in `ws/`). One over the per-address
+/// cap is closed at once; one over the total evicts a connection not producing a response,
+/// the least recently active of the address holding the most places (`conns`; the newcomer
+/// is closed at once if every one is producing a response). A connection must send its
+/// first request head within `http.header_timeout` (and each later one on a kept-alive
+/// connection too), else it is closed; a request must arrive whole within
+/// `http.request_timeout` (longer as its body arrives, see [`Exchange`]), else it is
+/// answered 408.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -125,9 +151,13 @@ pub async fn serve(
     let filter = crate::api::filter(state.clone());
     let graceful = GracefulShutdown::new();
     let http = &state.config.http;
-    let caps = Caps::new(http.max_connections, http.max_connections_per_ip);
+    let conns = conns::Conns::new(http.max_connections, http.max_connections_per_ip);
     let header_timeout = Duration::from_secs(http.header_timeout.max(1));
     let idle_timeout = Duration::from_secs(http.idle_timeout.max(1));
+    let deadline = Deadline {
+        timeout: Duration::from_secs(http.request_timeout.max(1)),
+        min_rate: http.min_body_rate.max(1),
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -142,9 +172,17 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = caps.take(peer.ip()) else {
-            tracing::debug!(%peer, "connection refused: too many open");
-            continue;
+        let conn = match conns.admit(peer.ip()) {
+            Ok(admitted) => {
+                if let Some(victim) = admitted.evicted {
+                    tracing::debug!(%peer, %victim, "every connection place taken; evicted one");
+                }
+                admitted.conn
+            }
+            Err(refused) => {
+                tracing::debug!(%peer, ?refused, "connection refused: too many open");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let svc = Svc {
@@ -152,11 +190,16 @@ pub async fn serve(
             state: state.clone(),
             peer,
             requested: Arc::new(tokio::sync::Notify::new()),
+            conn: Arc::new(ConnState {
+                activity: conn.activity(),
+                ready: Mutex::new(Instant::now()),
+            }),
+            deadline,
         };
         let limits = Limits {
             header_timeout,
             idle_timeout,
-            _slot: slot,
+            conn,
         };
         let watcher = graceful.watcher();
         match &acceptor {
@@ -183,11 +226,21 @@ pub async fn serve(
                         },
                         // A handshake still in progress at shutdown is abandoned.
                         _ = stopping.wait_for(|stop| *stop) => return,
+                        () = limits.conn.evicted() => {
+                            tracing::debug!(%peer, "evicted during the TLS handshake");
+                            return;
+                        }
                     };
+                    // The requests' clock starts once the connection can carry them.
+                    svc.conn.ready();
                     serve_connection(tls, svc, watcher, limits).await;
                 });
             }
         }
+        // Let the new connection read its request before accepting more: under a flood of
+        // connections, a burst of admissions could otherwise evict a newcomer before it was
+        // ever polled, however promptly it sent its request.
+        tokio::task::yield_now().await;
     }
     drop(listener);
     let deadline = tokio::time::Instant::now() + grace;
@@ -206,11 +259,12 @@ pub async fn serve(
 }
 
 /// What one connection is held to: its place under the connection caps (released when
-/// it ends or becomes a WebSocket) and the time its request heads may take.
+/// it ends or becomes a WebSocket, or taken away by an eviction) and the time its request
+/// heads may take.
 struct Limits {
     header_timeout: Duration,
     idle_timeout: Duration,
-    _slot: Slot,
+    conn: conns::Conn,
 }
 
 /// Serves HTTP (with upgrades) on one accepted connection, plain or TLS, under the
@@ -218,11 +272,15 @@ struct Limits {
 /// header timeout is closed (hyper's own header timeout covers the later ones on HTTP/1.1;
 /// the protocol sniffing before the first one has none), and so is one that then goes
 /// `idle_timeout` without a new request (HTTP/2, which hyper would keep open for ever; an
-/// upgrade to a WebSocket ends the HTTP connection, so sockets are not affected).
+/// upgrade to a WebSocket ends the HTTP connection, so sockets are not affected). An evicted
+/// connection is closed at once.
 async fn serve_connection<I, S>(io: I, svc: Svc<S>, watcher: Watcher, limits: Limits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     let peer = svc.peer;
@@ -250,6 +308,10 @@ where
                 }
                 wait = (limits.idle_timeout, "idle");
             }
+            () = limits.conn.evicted() => {
+                tracing::debug!(%peer, "evicted for a newer connection; closing");
+                return;
+            }
         }
     };
     if let Err(e) = ended {
@@ -258,8 +320,251 @@ where
     drop(limits);
 }
 
+/// How long a request may take to arrive: `http.request_timeout` from its start, one second
+/// more for every `http.min_body_rate` bytes of its body received (so a body that keeps
+/// coming at least that fast is never cut off, and one that stalls is).
+#[derive(Clone, Copy)]
+struct Deadline {
+    timeout: Duration,
+    min_rate: u64,
+}
+
+/// What the requests of one connection share.
+struct ConnState {
+    activity: conns::Activity,
+    /// When the connection last became ready for a request head (HTTP/1.1: the
+    /// connection's start, then the end of each response).
+    ready: Mutex<Instant>,
+}
+
+impl ConnState {
+    fn ready(&self) {
+        *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn ready_since(&self) -> Instant {
+        *self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One request and its response: how much of its body has arrived, whether all of it has,
+/// and the connection's place among those producing a response, held from the request's
+/// last byte (or its answer, if that comes first) until the response has been written.
+struct Exchange {
+    conn: Arc<ConnState>,
+    /// When the request started: on HTTP/1.1 when the connection became ready for its head,
+    /// on HTTP/2 when its head arrived.
+    start: Instant,
+    deadline: Deadline,
+    state: Mutex<ExchangeState>,
+}
+
+#[derive(Default)]
+struct ExchangeState {
+    received: u64,
+    complete: bool,
+    /// The response has been written (or abandoned): nothing is in production any more.
+    finished: bool,
+    busy: Option<conns::Busy>,
+}
+
+impl Exchange {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExchangeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn received(&self, n: usize) {
+        let mut st = self.lock();
+        st.received = st.received.saturating_add(n as u64);
+    }
+
+    /// The whole request has arrived: from now on the connection is producing a response.
+    fn complete(&self) {
+        let mut st = self.lock();
+        st.complete = true;
+        self.produce(&mut st);
+    }
+
+    /// The response is ready (possibly before the whole body was read: 404, 413…).
+    fn responding(&self) {
+        self.produce(&mut self.lock());
+    }
+
+    fn produce(&self, st: &mut ExchangeState) {
+        if st.busy.is_none() && !st.finished {
+            st.busy = self.conn.activity.busy();
+        }
+    }
+
+    /// The response has been written (or abandoned).
+    fn finished(&self) {
+        let busy = {
+            let mut st = self.lock();
+            st.finished = true;
+            st.busy.take()
+        };
+        drop(busy);
+        self.conn.ready();
+    }
+
+    /// When the request must have arrived whole, given what has arrived so far; `None` once
+    /// it has.
+    fn deadline(&self) -> Option<Instant> {
+        let st = self.lock();
+        if st.complete {
+            return None;
+        }
+        let grace =
+            Duration::from_millis(st.received.saturating_mul(1000) / self.deadline.min_rate);
+        let allowed = self.deadline.timeout.saturating_add(grace);
+        // Beyond what an `Instant` holds, a year is as good.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        Some(
+            self.start
+                .checked_add(allowed)
+                .unwrap_or_else(|| Instant::now() + year),
+        )
+    }
+
+    /// Runs `answer` (the service's future) unless the request has not arrived whole by its
+    /// deadline: then it is dropped and the answer is 408, closing an HTTP/1.1 connection.
+    /// A request that has arrived whole is never cut off, however long its answer takes.
+    async fn within_deadline(
+        &self,
+        answer: impl Future<Output = Result<Response, Infallible>>,
+        version: Version,
+        peer: SocketAddr,
+    ) -> Response {
+        let mut answer = std::pin::pin!(answer);
+        loop {
+            let Some(deadline) = self.deadline() else {
+                let Ok(r) = answer.await;
+                return r;
+            };
+            tokio::select! {
+                biased;
+                done = &mut answer => {
+                    let Ok(r) = done;
+                    return r;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    // The body may have grown or ended meanwhile: only a passed deadline
+                    // of what has arrived by now counts.
+                    if self.deadline().is_some_and(|d| d <= Instant::now()) {
+                        tracing::debug!(%peer, "request not received within its deadline; 408");
+                        return request_timed_out(version);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 408 answer; an HTTP/1.x connection is closed after it (an HTTP/2 one keeps its other
+/// streams).
+fn request_timed_out(version: Version) -> Response {
+    let mut r = crate::api::error_response(&crate::error::Error::RequestTimeout);
+    if version < Version::HTTP_2 {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// A request body that tells its [`Exchange`] what arrives.
+struct RequestBody {
+    inner: Incoming,
+    exchange: Arc<Exchange>,
+}
+
+impl RequestBody {
+    fn new(inner: Incoming, exchange: Arc<Exchange>) -> Self {
+        if inner.is_end_stream() {
+            exchange.complete();
+        }
+        Self { inner, exchange }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.exchange.received(data.len());
+                }
+                if self.inner.is_end_stream() {
+                    self.exchange.complete();
+                }
+            }
+            Poll::Ready(None) => self.exchange.complete(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body type of a response (warp's, which it does not name).
+trait BodyOf {
+    type Body;
+}
+
+impl<B> BodyOf for warp::http::Response<B> {
+    type Body = B;
+}
+
+type WarpBody = <Response as BodyOf>::Body;
+
+/// A response body that tells its [`Exchange`] when it has been written (dropped).
+struct ResponseBody {
+    inner: WarpBody,
+    exchange: Arc<Exchange>,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = warp::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.exchange.finished();
+    }
+}
+
 /// Routes WebSocket upgrades to `ws/` and everything else to the warp filter, with the
-/// client address attached to every request.
+/// client address attached to every request, each request held to its deadline, and the
+/// connection's activity reported to the caps.
 #[derive(Clone)]
 struct Svc<S> {
     warp: S,
@@ -267,33 +572,59 @@ struct Svc<S> {
     peer: SocketAddr,
     /// Notified at every request (the first one ends the connection's header deadline).
     requested: Arc<tokio::sync::Notify>,
+    conn: Arc<ConnState>,
+    deadline: Deadline,
 }
 
 impl<S> Service<Request<Incoming>> for Svc<S>
 where
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
-    type Response = Response;
+    type Response = warp::http::Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.warp.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.peer));
         self.requested.notify_one();
-        if crate::ws::claims(&req) {
-            let (state, peer) = (self.state.clone(), self.peer);
-            Box::pin(async move { Ok(crate::ws::upgrade(state, req, peer).await) })
+        self.conn.activity.touch();
+        let version = req.version();
+        let start = if version < Version::HTTP_2 {
+            self.conn.ready_since()
         } else {
-            Box::pin(self.warp.call(req))
-        }
+            Instant::now()
+        };
+        let exchange = Arc::new(Exchange {
+            conn: self.conn.clone(),
+            start,
+            deadline: self.deadline,
+            state: Mutex::new(ExchangeState::default()),
+        });
+        let peer = self.peer;
+        let answer: Pin<Box<dyn Future<Output = Response> + Send>> = if crate::ws::claims(&req) {
+            // An upgrade's answer needs nothing but the head, which is here.
+            exchange.complete();
+            let state = self.state.clone();
+            Box::pin(crate::ws::upgrade(state, req, peer))
+        } else {
+            let req = req.map(|body| RequestBody::new(body, exchange.clone()));
+            let answer = self.warp.call(req);
+            let exchange = exchange.clone();
+            Box::pin(async move { exchange.within_deadline(answer, version, peer).await })
+        };
+        Box::pin(async move {
+            let response = answer.await;
+            exchange.responding();
+            Ok(response.map(|inner| ResponseBody { inner, exchange }))
+        })
     }
 }
 

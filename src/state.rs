@@ -63,8 +63,6 @@ impl AppState {
             config.auth.token_ttl,
             config.auth.session_max,
         );
-        let max_unauthenticated = config.ws.max_unauthenticated;
-        let config_ws_per_ip = config.ws.max_unauthenticated_per_ip;
         let limiter = LoginLimiter::new(Limits {
             max_failures: config.auth.login_max_failures,
             window: Duration::from_secs(config.auth.login_window),
@@ -73,6 +71,7 @@ impl AppState {
             account_max_delay: Duration::from_secs(config.auth.account_max_delay),
         });
         let origins = crate::ws::own_origins(&config, p.local_addr);
+        let sockets = crate::ws::Sockets::new(&config);
         Self(Arc::new(Inner {
             config,
             db: p.db,
@@ -89,10 +88,7 @@ impl AppState {
             agents: p.agents,
             activity: tokio::sync::broadcast::channel(1024).0,
             machines: p.machines,
-            ws: Arc::new(crate::ws::Sockets::new(
-                max_unauthenticated,
-                config_ws_per_ip,
-            )),
+            ws: Arc::new(sockets),
             metrics: p.metrics,
             origins,
             local_addr: p.local_addr,

@@ -82,7 +82,8 @@ impl Hub {
 }
 
 /// Serves one cluster-events socket. `token`: absent for anonymous access; present (even
-/// empty) on `/ws/clusters` means it must be valid.
+/// empty) on `/ws/clusters` means it must be valid. An anonymous socket keeps its place
+/// (`unauthenticated`, among the anonymous sockets) for as long as it is open.
 pub async fn serve(
     state: AppState,
     ws: Socket,
@@ -111,7 +112,12 @@ pub async fn serve(
             }
         },
     };
-    drop(unauthenticated);
+    let _anonymous = if admitted.is_some() {
+        drop(unauthenticated);
+        None
+    } else {
+        Some(unauthenticated)
+    };
     let exp = admitted.as_ref().map(|(actor, _)| actor.claims.exp);
     let _membership = state.clusters_hub.join(ctl.clone());
     let c = &state.config.clusters;

@@ -230,13 +230,28 @@ pub async fn upgrade(state: AppState, mut req: Request<Incoming>, peer: SocketAd
     // `ws.max_unauthenticated_per_ip` of them from one address. A request whose token
     // verifies (signature and expiry: no database read) is not held behind them, so a flood
     // of sockets that never authenticate cannot lock a user with a valid token out.
+    // A token-less cluster stream never authenticates: it holds a place among the anonymous
+    // sockets (`clusters.max_anonymous`, `clusters.max_anonymous_per_ip`) for as long as it
+    // is open, apart from the others so that it cannot crowd out sockets on their way to
+    // authenticating (agents, say).
     let credential = Credential::of(&state, token.as_deref());
     drop(token);
-    let presigned = matches!(credential, Credential::Valid(_));
-    let Some(unauth) = state.ws.unauthenticated(peer, presigned) else {
-        return error_response(&Error::Busy(
-            "too many unauthenticated WebSockets; retry".into(),
-        ));
+    let place = if matches!(endpoint, Endpoint::Clusters { .. })
+        && matches!(credential, Credential::None)
+    {
+        state.ws.anonymous(peer).ok_or("anonymous cluster-event")
+    } else {
+        let presigned = matches!(credential, Credential::Valid(_));
+        state
+            .ws
+            .unauthenticated(peer, presigned)
+            .ok_or("unauthenticated")
+    };
+    let unauth = match place {
+        Ok(place) => place,
+        Err(kind) => {
+            return error_response(&Error::Busy(format!("too many {kind} WebSockets; retry")));
+        }
     };
     let accept = derive_accept_key(key.as_bytes());
     let query = req.uri().query().map(str::to_owned);
@@ -439,18 +454,29 @@ pub struct Sockets {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Sockets not yet authenticated (contract: at most 256 at once), in all and per address.
     unauthenticated: Arc<crate::server::Caps>,
+    /// Token-less cluster streams, which never authenticate, in all and per address.
+    anonymous: Arc<crate::server::Caps>,
 }
 
 /// A socket's place among the unauthenticated ones (none for a request whose token already
-/// verified); dropped once it has authenticated.
+/// verified); dropped once it has authenticated. For a token-less cluster stream, its place
+/// among the anonymous ones, held while it is open.
 pub struct Unauthenticated {
     _slot: Option<crate::server::Slot>,
 }
 
 impl Sockets {
-    pub fn new(max_unauthenticated: usize, per_ip: usize) -> Self {
+    pub fn new(config: &crate::config::Config) -> Self {
+        let (ws, clusters) = (&config.ws, &config.clusters);
         Self {
-            unauthenticated: crate::server::Caps::new(max_unauthenticated.max(1), per_ip),
+            unauthenticated: crate::server::Caps::new(
+                ws.max_unauthenticated.max(1),
+                ws.max_unauthenticated_per_ip,
+            ),
+            anonymous: crate::server::Caps::new(
+                clusters.max_anonymous,
+                clusters.max_anonymous_per_ip,
+            ),
             next: std::sync::atomic::AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -467,6 +493,12 @@ impl Sockets {
             return Some(Unauthenticated { _slot: None });
         }
         let slot = self.unauthenticated.take(peer.ip())?;
+        Some(Unauthenticated { _slot: Some(slot) })
+    }
+
+    /// A place for one more token-less cluster stream from `peer`, unless a cap is reached.
+    pub fn anonymous(&self, peer: SocketAddr) -> Option<Unauthenticated> {
+        let slot = self.anonymous.take(peer.ip())?;
         Some(Unauthenticated { _slot: Some(slot) })
     }
 }
@@ -716,7 +748,7 @@ mod tests {
 
     #[test]
     fn a_revocation_between_registration_and_the_read_reaches_the_socket() {
-        let sockets = Arc::new(Sockets::new(4, 0));
+        let sockets = Arc::new(Sockets::new(&crate::config::Config::default()));
         let ctl = Control::new(4);
         let read = user(1, false);
         let reg = sockets.register(read.uuid, 1, None, &ctl);
