@@ -184,6 +184,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     let started = Instant::now();
     let mut writes = 0;
+    let mut recoveries = 0;
     for round in 0..iterations {
         let kill_after = Duration::from_millis(20 + rng.below(400));
         {
@@ -215,6 +216,19 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         d.kill();
         d.launch();
         d.wait_healthy().await;
+        // The start recovered the file, and removed the copy it kept meanwhile.
+        if d.logs().contains("database was not shut down cleanly") {
+            recoveries += 1;
+        }
+        let left: Vec<_> = std::fs::read_dir(d.data_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("orchard.redb."))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "round {round}: left beside the database: {left:?}"
+        );
         let users: BTreeSet<String> = strings(&d, &token, "/api/users", "username").await;
         let servers: BTreeSet<String> = strings(&d, &token, "/api/v1/servers", "name").await;
         let subs: BTreeSet<String> = strings(&d, &token, "/api/subscriptions", "").await;
@@ -264,6 +278,10 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         "the workload acknowledged writes of every kind ({} users, {} servers)",
         a.users.len(),
         a.servers.len()
+    );
+    assert_eq!(
+        recoveries, iterations,
+        "every start after a kill -9 recovers the file"
     );
     eprintln!(
         "{iterations} kill -9 rounds in {:?}: {writes} acknowledged creations, all present",
