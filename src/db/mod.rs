@@ -10,6 +10,7 @@ mod audit;
 mod clusters;
 mod integrity;
 mod machines;
+pub mod repair;
 mod schema;
 mod scratch;
 mod servers;
