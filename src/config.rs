@@ -484,16 +484,21 @@ impl Config {
         for (var, value) in vars {
             apply_env(&mut table, &var, &value)?;
         }
-        let mut config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| match file {
+        check_ranges(&table)?;
+        let mut config: Config = match toml::Value::Table(table.clone()).try_into() {
+            Ok(config) => config,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                let message = culprit(&table).unwrap_or_else(|| e.message().to_owned());
+                return Err(match file {
                     Some(path) => ConfigError::Parse {
                         path: path.to_owned(),
-                        message: e.message().to_owned(),
+                        message,
                     },
-                    None => ConfigError::Invalid(e.message().to_owned()),
-                })?;
+                    None => ConfigError::Invalid(message),
+                });
+            }
+        };
         if let Some(listen) = &overrides.listen {
             config.http.listen.clone_from(listen);
         }
@@ -506,64 +511,36 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
-        if self.http.request_timeout == 0 || self.http.min_body_rate == 0 {
-            return Err(ConfigError::Invalid(
-                "http.request_timeout and http.min_body_rate must be at least 1".into(),
-            ));
-        }
-        if self.plugins.call_timeout == 0 || self.plugins.load_timeout == 0 {
-            return Err(ConfigError::Invalid(
-                "plugins.call_timeout and plugins.load_timeout must be at least 1".into(),
-            ));
-        }
-        if self.machines.dynamic_interval == 0
-            || self.machines.connections_interval == 0
-            || self.machines.disks_interval == 0
-        {
-            return Err(ConfigError::Invalid(
-                "machines.*_interval must be at least 1".into(),
-            ));
-        }
-        if self.machines.event_buffer == 0 {
-            return Err(ConfigError::Invalid(
-                "machines.event_buffer must be at least 1".into(),
-            ));
-        }
-        if self.auth.token_ttl == 0 {
-            return Err(ConfigError::Invalid(
-                "auth.token_ttl must be at least 1".into(),
-            ));
-        }
         if self.auth.session_max < self.auth.token_ttl {
-            return Err(ConfigError::Invalid(
-                "auth.session_max must be at least auth.token_ttl".into(),
-            ));
-        }
-        if self.auth.account_max_delay == 0 {
-            return Err(ConfigError::Invalid(
-                "auth.account_max_delay must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid(format!(
+                "auth.session_max = {} is out of range: allowed auth.token_ttl ({}) to {}",
+                self.auth.session_max, self.auth.token_ttl, YEAR
+            )));
         }
         if self.auth.account_max_failures > 0
             && self.auth.account_window <= self.auth.account_max_delay
         {
-            return Err(ConfigError::Invalid(
-                "auth.account_window must be longer than auth.account_max_delay".into(),
-            ));
+            return Err(ConfigError::Invalid(format!(
+                "auth.account_window = {} is out of range: allowed more than \
+                 auth.account_max_delay ({}) to {}",
+                self.auth.account_window, self.auth.account_max_delay, YEAR
+            )));
         }
-        if self.auth.hash_concurrency == 0 {
-            return Err(ConfigError::Invalid(
-                "auth.hash_concurrency must be at least 1".into(),
-            ));
-        }
+        check_log_level(&self.log.level)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid(
-                "log.format must be \"text\" or \"json\"".into(),
-            ));
+            return Err(ConfigError::Invalid(format!(
+                "log.format = {:?} is not allowed: allowed \"text\" or \"json\"",
+                self.log.format
+            )));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key must be set together".into(),
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "storage.data_dir is empty: allowed a directory path".into(),
             ));
         }
         Ok(())
@@ -597,6 +574,185 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.storage.data_dir.join("orchard.redb")
     }
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+const YEAR: u64 = 365 * DAY;
+
+/// What a numeric key accepts.
+#[derive(Clone, Copy, Debug)]
+enum Allowed {
+    /// A whole number from the first to the second, both included.
+    Whole(u64, u64),
+    /// An alert threshold in percent: a finite number above 0 (one above 100 is never reached,
+    /// which turns that alert off).
+    Threshold,
+}
+
+impl Allowed {
+    fn describe(self) -> String {
+        match self {
+            Allowed::Whole(min, max) => format!("{min} to {max}"),
+            Allowed::Threshold => {
+                "a number above 0 (percent; above 100 turns the alert off)".to_owned()
+            }
+        }
+    }
+}
+
+/// The allowed values of every numeric key. 0 is allowed only where it means "no cap" or
+/// "off" (docs/configuration.md says which). The upper bounds keep every value far from what
+/// would overflow a deadline or make an allocation the host cannot hold. A unit test checks
+/// that every numeric key is listed here; `auth.session_max` is also checked against
+/// `auth.token_ttl`.
+const RANGES: &[(&str, Allowed)] = &[
+    ("http.max_body_bytes", Allowed::Whole(KIB, 64 * MIB)),
+    ("http.shutdown_grace", Allowed::Whole(0, HOUR)),
+    ("http.max_connections", Allowed::Whole(0, 1_000_000)),
+    ("http.max_connections_per_ip", Allowed::Whole(0, 1_000_000)),
+    ("http.header_timeout", Allowed::Whole(1, HOUR)),
+    ("http.idle_timeout", Allowed::Whole(1, DAY)),
+    ("http.request_timeout", Allowed::Whole(1, HOUR)),
+    ("http.min_body_rate", Allowed::Whole(1, 64 * MIB)),
+    ("storage.audit_keep", Allowed::Whole(1000, 10_000_000)),
+    ("plugins.call_timeout", Allowed::Whole(1, HOUR)),
+    ("plugins.load_timeout", Allowed::Whole(1, HOUR)),
+    ("auth.token_ttl", Allowed::Whole(1, YEAR)),
+    ("auth.session_max", Allowed::Whole(1, YEAR)),
+    ("auth.login_max_failures", Allowed::Whole(1, 1_000_000)),
+    ("auth.login_window", Allowed::Whole(1, DAY)),
+    ("auth.account_max_failures", Allowed::Whole(0, 1_000_000)),
+    ("auth.account_window", Allowed::Whole(1, YEAR)),
+    ("auth.account_max_delay", Allowed::Whole(1, DAY)),
+    ("auth.hash_concurrency", Allowed::Whole(1, 64)),
+    ("ws.ping_interval", Allowed::Whole(1, HOUR)),
+    ("ws.idle_timeout", Allowed::Whole(1, DAY)),
+    ("ws.write_deadline", Allowed::Whole(1, HOUR)),
+    ("ws.send_queue", Allowed::Whole(1, 65_536)),
+    ("ws.send_queue_bytes", Allowed::Whole(KIB, 1024 * MIB)),
+    ("ws.max_message", Allowed::Whole(KIB, 64 * MIB)),
+    ("ws.max_unauthenticated", Allowed::Whole(1, 1_000_000)),
+    (
+        "ws.max_unauthenticated_per_ip",
+        Allowed::Whole(0, 1_000_000),
+    ),
+    ("ws.coalesce_ms", Allowed::Whole(0, 1000)),
+    ("machines.dynamic_interval", Allowed::Whole(1, HOUR)),
+    ("machines.connections_interval", Allowed::Whole(1, DAY)),
+    ("machines.disks_interval", Allowed::Whole(1, DAY)),
+    ("machines.event_buffer", Allowed::Whole(1, 1 << 18)),
+    ("vms.metrics_interval", Allowed::Whole(1, HOUR)),
+    ("vms.ping_interval", Allowed::Whole(1, HOUR)),
+    ("vms.command_timeout", Allowed::Whole(1, DAY)),
+    ("clusters.ping_interval", Allowed::Whole(1, HOUR)),
+    ("clusters.pong_wait", Allowed::Whole(1, DAY)),
+    ("clusters.write_deadline", Allowed::Whole(1, HOUR)),
+    ("clusters.max_message", Allowed::Whole(1, MIB)),
+    ("clusters.debounce_ms", Allowed::Whole(10, 60_000)),
+    ("clusters.max_anonymous", Allowed::Whole(0, 1_000_000)),
+    ("clusters.max_anonymous_per_ip", Allowed::Whole(0, 1_000_000)),
+    ("agents.auth_timeout", Allowed::Whole(1, HOUR)),
+    ("agents.command_timeout", Allowed::Whole(1, DAY)),
+    ("agents.package_timeout", Allowed::Whole(1, DAY)),
+    ("agents.max_message", Allowed::Whole(KIB, 64 * MIB)),
+    ("fleet.interval", Allowed::Whole(1, DAY)),
+    ("hosts.metrics_interval", Allowed::Whole(1, HOUR)),
+    ("alerts.disk_warning", Allowed::Threshold),
+    ("alerts.disk_critical", Allowed::Threshold),
+    ("alerts.memory_warning", Allowed::Threshold),
+    ("alerts.memory_critical", Allowed::Threshold),
+    ("simulator.machines", Allowed::Whole(0, 100_000)),
+    ("simulator.boot_ms", Allowed::Whole(0, HOUR * 1000)),
+    ("simulator.shutdown_ms", Allowed::Whole(0, HOUR * 1000)),
+    ("simulator.churn_per_second", Allowed::Whole(0, 1_000_000)),
+];
+
+/// Checks every numeric key of the merged file and environment against [`RANGES`], before
+/// the values are typed: a negative or oversized number is reported with its key and range,
+/// not as a bare type error.
+fn check_ranges(table: &toml::Table) -> Result<(), ConfigError> {
+    for (name, allowed) in RANGES {
+        let (section, key) = name.split_once('.').unwrap_or((name, ""));
+        let Some(value) = table.get(section).and_then(|s| s.get(key)) else {
+            continue;
+        };
+        let ok = match (allowed, value) {
+            (Allowed::Whole(min, max), toml::Value::Integer(n)) => {
+                u64::try_from(*n).is_ok_and(|n| (*min..=*max).contains(&n))
+            }
+            (Allowed::Threshold, toml::Value::Integer(n)) => *n > 0,
+            (Allowed::Threshold, toml::Value::Float(x)) => x.is_finite() && *x > 0.0,
+            _ => false,
+        };
+        if !ok {
+            let what = match (allowed, value) {
+                (_, toml::Value::Integer(_)) => "is out of range",
+                (Allowed::Threshold, toml::Value::Float(_)) => "is out of range",
+                (Allowed::Whole(..), _) => "is not a whole number",
+                (Allowed::Threshold, _) => "is not a number",
+            };
+            return Err(ConfigError::Invalid(format!(
+                "{name} = {value} {what}: allowed {}",
+                allowed.describe()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// After a type error, finds the first key whose value alone (over the defaults) fails, so the
+/// message can name it: `http.listen = 5: invalid type: …`.
+fn culprit(table: &toml::Table) -> Option<String> {
+    let defaults = toml::Table::try_from(Config::default()).ok()?;
+    for (section, values) in table {
+        let toml::Value::Table(values) = values else {
+            continue;
+        };
+        for (key, value) in values {
+            let mut one = defaults.clone();
+            if let Some(toml::Value::Table(sec)) = one.get_mut(section) {
+                sec.insert(key.clone(), value.clone());
+            }
+            if let Err(e) = toml::Value::Table(one).try_into::<Config>() {
+                return Some(format!("{section}.{key} = {value}: {}", e.message()));
+            }
+        }
+    }
+    None
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `log.level` is a tracing filter: comma-separated directives, each a level or
+/// `target=level` (`info,orchard::http=warn`). A bare word that is not a level would parse as
+/// a target (`bogus` = trace for the target `bogus`, nothing for everything else): refused.
+fn check_log_level(level: &str) -> Result<(), ConfigError> {
+    let refuse = |why: String| {
+        ConfigError::Invalid(format!(
+            "log.level = {level:?} {why}: allowed a level ({}) or target=level, comma-separated",
+            LEVELS.join(", ")
+        ))
+    };
+    if level.trim().is_empty() {
+        return Err(refuse("is empty".into()));
+    }
+    for part in level.split(',').map(str::trim) {
+        if part.is_empty() {
+            continue;
+        }
+        if LEVELS.iter().any(|l| l.eq_ignore_ascii_case(part)) {
+            continue;
+        }
+        if !part.contains('=') {
+            return Err(refuse(format!("has {part:?}, which is not a level")));
+        }
+        part.parse::<tracing_subscriber::filter::Directive>()
+            .map_err(|e| refuse(format!("has {part:?}, which is not a directive ({e})")))?;
+    }
+    Ok(())
 }
 
 /// Overlays `from` onto `into`, table by table.
@@ -772,6 +928,172 @@ mod tests {
         assert_eq!(c.machines.dynamic_interval, 3);
     }
 
+    /// `ORCHARD_HTTP_MAX_BODY_BYTES` for `http.max_body_bytes`.
+    fn env_name(key: &str) -> String {
+        format!("ORCHARD_{}", key.replace('.', "_").to_ascii_uppercase())
+    }
+
+    /// Loads the defaults with `key` set to `value` through its environment variable (plus what
+    /// keeps `auth.session_max >= auth.token_ttl` true, so only `key` can be out of range).
+    fn load_with(key: &str, value: &str) -> Result<Config, ConfigError> {
+        let mut vars = vec![(env_name(key), value.to_owned())];
+        match key {
+            "auth.token_ttl" => vars.push(("ORCHARD_AUTH_SESSION_MAX".into(), YEAR.to_string())),
+            "auth.session_max" => vars.push(("ORCHARD_AUTH_TOKEN_TTL".into(), "1".into())),
+            // Checked against each other too: the window outlasts the longest delay.
+            "auth.account_window" => {
+                vars.push(("ORCHARD_AUTH_ACCOUNT_MAX_FAILURES".into(), "0".into()));
+            }
+            "auth.account_max_delay" => {
+                vars.push(("ORCHARD_AUTH_ACCOUNT_WINDOW".into(), YEAR.to_string()));
+            }
+            _ => {}
+        }
+        Config::load(None, vars, &Overrides::default())
+    }
+
+    /// Every number in the configuration has a range, and every range names a number.
+    #[test]
+    fn every_numeric_key_has_a_range() {
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let mut numbers = Vec::new();
+        for (section, table) in value.as_object().unwrap() {
+            for (key, v) in table.as_object().unwrap() {
+                if v.is_number() {
+                    numbers.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        let ranged: Vec<String> = RANGES.iter().map(|(k, _)| (*k).to_owned()).collect();
+        let missing: Vec<_> = numbers.iter().filter(|k| !ranged.contains(k)).collect();
+        assert!(missing.is_empty(), "keys without a range: {missing:?}");
+        let stray: Vec<_> = ranged.iter().filter(|k| !numbers.contains(k)).collect();
+        assert!(stray.is_empty(), "ranges of no numeric key: {stray:?}");
+        // And the defaults are in range.
+        Config::load(None, env(&[]), &Overrides::default()).unwrap();
+    }
+
+    /// Each whole-number key takes both ends of its range and refuses one beyond either end
+    /// with one line naming the key, the value and the range.
+    #[test]
+    fn ranges_take_their_ends_and_refuse_one_beyond() {
+        for (name, allowed) in RANGES {
+            let Allowed::Whole(min, max) = *allowed else {
+                continue;
+            };
+            for ok in [min, max] {
+                let got = load_with(name, &ok.to_string());
+                assert!(got.is_ok(), "{name} = {ok} refused: {got:?}");
+            }
+            let mut beyond = vec![max + 1];
+            if min > 0 {
+                beyond.push(min - 1);
+            }
+            for bad in beyond {
+                let Err(e) = load_with(name, &bad.to_string()) else {
+                    panic!("{name} = {bad} was accepted (range {min} to {max})");
+                };
+                let line = e.to_string();
+                assert!(
+                    line.contains(&format!("{name} = {bad} "))
+                        && line.contains(&format!("{min} to {max}")),
+                    "{name} = {bad}: {line}"
+                );
+                assert_eq!(line.lines().count(), 1, "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn thresholds_are_finite_and_above_zero() {
+        for (name, allowed) in RANGES {
+            if !matches!(allowed, Allowed::Threshold) {
+                continue;
+            }
+            for bad in ["0", "-5", "nan", "inf"] {
+                let Err(e) = load_with(name, bad) else {
+                    panic!("{name} = {bad} was accepted");
+                };
+                assert!(e.to_string().contains(&format!("{name} = ")), "{e}");
+            }
+            for ok in ["0.01", "85", "100", "1001"] {
+                assert!(load_with(name, ok).is_ok(), "{name} = {ok} refused");
+            }
+        }
+    }
+
+    /// The values of the issue: each refused with one line naming the key.
+    #[test]
+    fn zero_and_extreme_values_are_refused() {
+        for (key, value) in [
+            ("http.max_body_bytes", "0"),
+            ("machines.event_buffer", "1000000000000000"),
+            ("auth.hash_concurrency", "1000000000000000"),
+            ("ws.send_queue", "0"),
+            ("http.header_timeout", "0"),
+            ("clusters.debounce_ms", "0"),
+            ("http.max_body_bytes", "-1"),
+            ("simulator.machines", "5000000000"),
+            ("log.level", "bogus"),
+            ("log.level", "info,orchard=loud"),
+            ("log.level", ""),
+            ("log.format", "xml"),
+        ] {
+            let Err(e) = load_with(key, value) else {
+                panic!("{key} = {value:?} was accepted");
+            };
+            let line = e.to_string();
+            assert!(line.contains(key), "{key}: {line}");
+            assert_eq!(line.lines().count(), 1, "{line}");
+        }
+    }
+
+    /// A value of the wrong type in the file is reported with its key too.
+    #[test]
+    fn type_errors_in_the_file_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("orchard-cfg-type-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let file = dir.join("o.toml");
+        let cases = [
+            ("[http]\nlisten = 5\n", "http.listen = 5"),
+            (
+                "[ws]\nsend_queue = 1.5\n",
+                "ws.send_queue = 1.5 is not a whole number",
+            ),
+            (
+                "[alerts]\ndisk_warning = nan\n",
+                "alerts.disk_warning = nan is out of range",
+            ),
+            (
+                "[http]\nallow_insecure = \"yes\"\n",
+                "http.allow_insecure = \"yes\"",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (text, expected) in cases {
+            std::fs::write(&file, text).ok();
+            match Config::load(Some(&file), env(&[]), &Overrides::default()) {
+                Err(e) if e.to_string().contains(expected) => {}
+                other => failures.push(format!("{text:?}: {other:?}")),
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn log_levels_and_directives_are_accepted() {
+        for level in [
+            "info",
+            "DEBUG",
+            "warn,orchard=debug",
+            "info,orchard::http=warn",
+            "off",
+        ] {
+            assert!(load_with("log.level", level).is_ok(), "{level}");
+        }
+    }
+
     #[test]
     fn bad_values_are_named() {
         let e = Config::load(
@@ -785,7 +1107,7 @@ mod tests {
         for var in ["ORCHARD_HTTP_REQUEST_TIMEOUT", "ORCHARD_HTTP_MIN_BODY_RATE"] {
             let e = Config::load(None, env(&[(var, "0")]), &Overrides::default());
             assert!(
-                matches!(e, Err(ConfigError::Invalid(ref m)) if m.contains("at least 1")),
+                matches!(e, Err(ConfigError::Invalid(ref m)) if m.contains("allowed 1 to")),
                 "{var}=0: {e:?}"
             );
         }

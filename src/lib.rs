@@ -82,6 +82,10 @@ pub fn main() -> ExitCode {
             let db = open_db(&config)?;
             cli::user::run(&db, action)
         }),
+        Command::Db {
+            common,
+            action: cli::DbAction::Repair,
+        } => load_config(&common, None).and_then(|config| cli::db::repair(&config.db_path())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,7 +28,8 @@ pub enum SecretError {
     Random(String),
 }
 
-/// Creates the data directory (0700) if needed.
+/// Creates the data directory (0700) if needed. An existing one that group or others may
+/// use is tightened to owner-only, as it would have been created, and the change logged.
 pub fn ensure_data_dir(dir: &Path) -> Result<(), SecretError> {
     let err = |source| SecretError::DataDir {
         path: dir.to_owned(),
@@ -41,8 +42,22 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), SecretError> {
             .create(dir)
             .map_err(err)?;
     }
-    if !dir.is_dir() {
+    let meta = fs::metadata(dir).map_err(err)?;
+    if !meta.is_dir() {
         return Err(err(std::io::Error::other("not a directory")));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        let tight = mode & 0o700;
+        fs::set_permissions(dir, fs::Permissions::from_mode(tight)).map_err(|e| {
+            err(std::io::Error::other(format!(
+                "it is open to group or others (mode {mode:04o}) and cannot be set to {tight:04o}: {e}"
+            )))
+        })?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "data directory was open to group or others (mode {mode:04o}); mode set to {tight:04o}"
+        );
     }
     Ok(())
 }
@@ -142,6 +157,17 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_open_data_dir_is_tightened_to_owner_only() {
+        let dir = std::env::temp_dir().join(format!("orchard-datadir-{}", uuid::Uuid::new_v4()));
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_data_dir(&dir).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
         fs::remove_dir_all(&dir).ok();
     }
 

@@ -1,5 +1,7 @@
-//! The command line: `serve`, `user …`, `--version`, `help`.
+//! The command line: `serve`, `user …`, `db repair`, `plugin check`, `agent`, `--version`,
+//! `help`.
 
+pub mod db;
 pub mod plugin;
 pub mod user;
 
@@ -75,6 +77,20 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Database maintenance, offline (the daemon must be stopped)
+    Db {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: DbAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DbAction {
+    /// Check the database; when it is damaged, copy it aside and salvage every row that still
+    /// reads back into a fresh file, reporting what was kept and what was lost
+    Repair,
 }
 
 #[derive(Subcommand)]

@@ -8,9 +8,14 @@
 mod alerts;
 mod audit;
 mod clusters;
+mod integrity;
 mod machines;
+pub mod repair;
 mod schema;
+mod scratch;
 mod servers;
+#[cfg(test)]
+mod testutil;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -31,9 +36,14 @@ pub enum OpenError {
     #[error("database {path} is in use by another process (is another orchard running?)")]
     InUse { path: PathBuf },
     #[error(
-        "database {path} is corrupt or not an Orchard database ({reason}); it was left untouched"
+        "database {path} is damaged ({reason}); it was left untouched: with orchard stopped, `orchard db repair --data-dir {}` keeps a copy and salvages what is readable",
+        data_dir(path).display()
     )]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "database {path} is not an Orchard database ({reason}); it was left untouched (move it away to start with an empty database)"
+    )]
+    NotADatabase { path: PathBuf, reason: String },
     #[error(
         "database {path} has schema version {found}, newer than this orchard supports ({supported}); upgrade orchard"
     )]
@@ -196,33 +206,28 @@ impl Store {
 impl Db {
     /// Opens (or creates) the database at `path` and applies pending migrations.
     ///
-    /// An existing file is opened, never recreated: a file that is not a redb database, or a
-    /// damaged one, is reported as [`OpenError::Corrupt`] and left as it is.
+    /// An existing file is opened, never recreated, and never written to when it is then
+    /// refused: it is first checked through an in-memory overlay (`integrity::check`: every
+    /// page checksum, every row). A damaged file is [`OpenError::Corrupt`], one that is not a
+    /// redb database [`OpenError::NotADatabase`]; both are left byte for byte as they were. A
+    /// file left by a crash is recovered (`integrity::recover`: a copy is kept until the
+    /// recovered file reads back).
     pub fn open(path: &Path, audit_keep: u64) -> Result<Self, OpenError> {
-        let exists = path.exists();
-        let p = path.to_owned();
-        // redb checks some invariants with debug assertions; treat a panic while opening as
-        // corruption rather than letting it take the process down.
-        let opened = std::panic::catch_unwind(|| {
-            if exists {
-                builder().open(&p)
-            } else {
-                builder().create(&p)
+        let db = if path.exists() {
+            match integrity::check(path)? {
+                integrity::Health::Clean => open_checked(path)?,
+                integrity::Health::NeedsRecovery => integrity::recover(path)?,
             }
-        });
-        let db = match opened {
-            Ok(Ok(db)) => {
-                restrict_mode(path);
-                db
-            }
-            Ok(Err(e)) => return Err(classify_open_error(path, e)),
-            Err(_) => {
-                return Err(OpenError::Corrupt {
-                    path: path.to_owned(),
-                    reason: "internal consistency check failed".into(),
-                });
-            }
+        } else {
+            quietly(|| builder().create(path))
+                .unwrap_or_else(|| {
+                    Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
+                        "internal consistency check failed".into(),
+                    )))
+                })
+                .map_err(|e| classify_open_error(path, e))?
         };
+        restrict_mode(path);
         let db = Self {
             inner: Arc::new(Store::new(path, db)),
             audit_keep,
@@ -234,9 +239,9 @@ impl Db {
                 found,
                 supported: schema::current_version(),
             },
-            MigrateError::Db(e) => OpenError::Corrupt {
+            MigrateError::Db(e) => OpenError::Other {
                 path: path.to_owned(),
-                reason: e.to_string(),
+                reason: format!("migrating it failed: {e}"),
             },
         })?;
         Ok(db)
@@ -321,6 +326,48 @@ impl From<DbError> for MigrateError {
     }
 }
 
+/// Opens a file [`integrity::check`] passed as cleanly shut down.
+fn open_checked(path: &Path) -> Result<Database, OpenError> {
+    match quietly(|| builder().open(path)) {
+        Some(Ok(db)) => Ok(db),
+        Some(Err(e)) => Err(classify_open_error(path, e)),
+        None => Err(OpenError::Corrupt {
+            path: path.to_owned(),
+            reason: "internal consistency check failed".into(),
+        }),
+    }
+}
+
+/// Runs `f`, turning a panic into `None` without printing it: redb may panic on a damaged
+/// page, which the caller reports as damage in its own one line. Only panics of this thread
+/// while `f` runs are silenced (the hook, installed once, wraps the one that was there).
+fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result.ok()
+}
+
+/// The data directory of the database file `path`.
+fn data_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 /// The database holds password hashes: owner-only, whatever the umask.
 fn restrict_mode(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -340,7 +387,7 @@ fn classify_open_error(path: &Path, e: redb::DatabaseError) -> OpenError {
         },
         D::Storage(S::Corrupted(reason)) => OpenError::Corrupt { path, reason },
         D::Storage(S::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
-            OpenError::Corrupt {
+            OpenError::NotADatabase {
                 path,
                 reason: io.to_string(),
             }
@@ -405,7 +452,7 @@ mod tests {
             .collect();
         std::fs::write(&path, &garbage).unwrap();
         let err = Db::open(&path, 10).err().unwrap();
-        assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, OpenError::NotADatabase { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), garbage);
     }
 

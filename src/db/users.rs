@@ -10,10 +10,10 @@ use crate::model::{AccountType, Permission, PermissionSet, User, now_iso};
 
 /// The stored form of a user (permissions live in their own table).
 #[derive(Serialize, Deserialize)]
-struct UserRecord {
-    username: String,
+pub(super) struct UserRecord {
+    pub(super) username: String,
     account_type: AccountType,
-    disabled: bool,
+    pub(super) disabled: bool,
     password_hash: String,
     token_version: u64,
     created_at: String,

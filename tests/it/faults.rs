@@ -1,4 +1,5 @@
-//! Faults (`tests/RELIABILITY.md`): `kill -9` during a write workload, and a full disk.
+//! Faults (`tests/RELIABILITY.md`): `kill -9` during a write workload, a full disk, and a
+//! damaged database file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::Daemon;
+use crate::harness::{Daemon, assert_clean_failure, assert_success, stdout_of};
 
 /// Crash iterations: a few dozen by default (CI), `ORCHARD_CRASH_ITERATIONS` for long local
 /// runs.
@@ -184,6 +185,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     let started = Instant::now();
     let mut writes = 0;
+    let mut recoveries = 0;
     for round in 0..iterations {
         let kill_after = Duration::from_millis(20 + rng.below(400));
         {
@@ -215,6 +217,19 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         d.kill();
         d.launch();
         d.wait_healthy().await;
+        // The start recovered the file, and removed the copy it kept meanwhile.
+        if d.logs().contains("database was not shut down cleanly") {
+            recoveries += 1;
+        }
+        let left: Vec<_> = std::fs::read_dir(d.data_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("orchard.redb."))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "round {round}: left beside the database: {left:?}"
+        );
         let users: BTreeSet<String> = strings(&d, &token, "/api/users", "username").await;
         let servers: BTreeSet<String> = strings(&d, &token, "/api/v1/servers", "name").await;
         let subs: BTreeSet<String> = strings(&d, &token, "/api/subscriptions", "").await;
@@ -264,6 +279,10 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         "the workload acknowledged writes of every kind ({} users, {} servers)",
         a.users.len(),
         a.servers.len()
+    );
+    assert_eq!(
+        recoveries, iterations,
+        "every start after a kill -9 recovers the file"
     );
     eprintln!(
         "{iterations} kill -9 rounds in {:?}: {writes} acknowledged creations, all present",
@@ -412,4 +431,156 @@ async fn disk_full_fails_writes_with_5xx_and_recovers() {
         servers, acked,
         "after a restart: exactly the acknowledged servers"
     );
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Flips (XOR 0xff) the 64 bytes that start at every copy of `username`'s stored record: the
+/// page of the live tree, and any stale copy in a free page. Returns the offsets.
+fn flip_record(db: &std::path::Path, username: &str) -> Vec<usize> {
+    let mut bytes = std::fs::read(db).unwrap();
+    let needle = format!("\"username\":\"{username}\"");
+    let offsets: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    for &at in &offsets {
+        let end = (at + 64).min(bytes.len());
+        for b in &mut bytes[at..end] {
+            *b ^= 0xff;
+        }
+    }
+    std::fs::write(db, &bytes).unwrap();
+    offsets
+}
+
+/// The one line a refused start or command prints: it names the file and the repair command.
+fn assert_refused_in_one_line(out: &std::process::Output, db: &std::path::Path, what: &str) {
+    let stderr = assert_clean_failure(out);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: more than one line:\n{stderr}");
+    assert!(
+        lines[0].contains(&db.display().to_string()) && lines[0].contains("orchard db repair"),
+        "{what}: the line must name the file and `orchard db repair`: {}",
+        lines[0]
+    );
+}
+
+/// A database damaged on disk (64 bytes flipped in a user's record, after a clean stop): `serve`
+/// and `user list` refuse it in one line naming the file and `orchard db repair`, and leave it
+/// byte for byte as it was (before: every open rewrote it). `orchard db repair` keeps a copy
+/// (the damaged bytes), salvages every other row, and the daemon then starts with every user
+/// but the damaged one, passwords intact.
+#[tokio::test]
+async fn a_damaged_database_is_refused_untouched_and_repaired_on_request() {
+    let mut d = Daemon::start();
+    let token = d.admin_token().await;
+    let members: Vec<String> = (0..12).map(|i| format!("member-{i:02}")).collect();
+    for m in &members {
+        d.create_user(
+            &token,
+            m,
+            &format!("{m}-password"),
+            "client",
+            &["VIEW_ALL_VMS"],
+        )
+        .await;
+    }
+    let status = d.terminate();
+    assert!(status.success(), "{status:?}");
+
+    let db = d.data_dir().join("orchard.redb");
+    let victim = "member-05";
+    let offsets = flip_record(&db, victim);
+    assert!(!offsets.is_empty(), "no record of {victim} in the file");
+    let len = std::fs::metadata(&db).unwrap().len();
+    eprintln!("flipped 64 bytes at {offsets:?} of {len}");
+    let damaged = sha256(&db);
+
+    let out = d.serve_to_exit();
+    assert_refused_in_one_line(&out, &db, "serve");
+    assert_eq!(sha256(&db), damaged, "serve modified the damaged file");
+    let dir = d.data_dir_str();
+    let out = d.cli(["user", "list", "--data-dir", &dir], None);
+    assert_refused_in_one_line(&out, &db, "user list");
+    assert_eq!(sha256(&db), damaged, "user list modified the damaged file");
+
+    let out = d.cli(["db", "repair", "--data-dir", &dir], None);
+    assert_success(&out);
+    let report = stdout_of(&out);
+    eprintln!("orchard db repair:\n{report}");
+    let field = |prefix: &str| {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in the report:\n{report}"))
+            .to_owned()
+    };
+    let copy = std::path::PathBuf::from(field("copy of the damaged file: "));
+    let copy_name = copy.file_name().unwrap().to_string_lossy().into_owned();
+    let stamp = copy_name
+        .strip_prefix("orchard.redb.damaged-")
+        .unwrap_or_else(|| panic!("copy named {copy_name}"));
+    assert!(
+        stamp.len() == 16 && stamp.ends_with('Z') && stamp.as_bytes()[8] == b'T',
+        "copy named {copy_name}"
+    );
+    assert_eq!(copy.parent(), Some(d.data_dir()));
+    assert_eq!(sha256(&copy), damaged, "the copy is not the damaged file");
+    let mut expected: Vec<String> = std::iter::once("admin".to_owned())
+        .chain(members.iter().filter(|m| *m != victim).cloned())
+        .collect();
+    expected.sort();
+    let kept = field(&format!("users kept ({}): ", expected.len()));
+    assert_eq!(kept, expected.join(", "));
+    assert_eq!(field("users lost (1): "), victim);
+
+    d.launch();
+    let token = d.admin_token().await;
+    let mut listed: Vec<String> = d
+        .get("/api/users", Some(&token))
+        .await
+        .expect(200)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, expected);
+    d.login("member-07", "member-07-password").await;
+    d.try_login(victim, &format!("{victim}-password"))
+        .await
+        .expect_error(401, "unauthorized");
+    let status = d.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // A healthy file is left alone: no second copy.
+    let out = d.cli(["db", "repair", "--data-dir", &dir], None);
+    assert_success(&out);
+    assert!(
+        stdout_of(&out).contains("nothing to repair"),
+        "{}",
+        stdout_of(&out)
+    );
+    let copies = std::fs::read_dir(d.data_dir())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("orchard.redb.")
+        })
+        .count();
+    assert_eq!(copies, 1, "only the one copy of the damaged file");
 }

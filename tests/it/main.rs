@@ -11,6 +11,7 @@ mod backend_util;
 mod channels;
 mod cli;
 mod clusters;
+mod config;
 mod conformance;
 mod containers;
 mod faults;
