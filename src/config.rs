@@ -653,7 +653,10 @@ const RANGES: &[(&str, Allowed)] = &[
     ("clusters.max_message", Allowed::Whole(1, MIB)),
     ("clusters.debounce_ms", Allowed::Whole(10, 60_000)),
     ("clusters.max_anonymous", Allowed::Whole(0, 1_000_000)),
-    ("clusters.max_anonymous_per_ip", Allowed::Whole(0, 1_000_000)),
+    (
+        "clusters.max_anonymous_per_ip",
+        Allowed::Whole(0, 1_000_000),
+    ),
     ("agents.auth_timeout", Allowed::Whole(1, HOUR)),
     ("agents.command_timeout", Allowed::Whole(1, DAY)),
     ("agents.package_timeout", Allowed::Whole(1, DAY)),

@@ -11,7 +11,7 @@
 #   tests/bench/overload.sh [RATE ...]       default: 125 250 500 1000 restarts/s
 #
 # Settings (environment): OVERLOAD_CLIENTS (1000, Node's included), OVERLOAD_NODE_CLIENTS
-# (100), OVERLOAD_SECONDS (60), OVERLOAD_WARMUP (3), OVERLOAD_MACHINES (500), ORCHARD_* (passed
+# (100), OVERLOAD_READ_BUFFER (65536: loadgen's read buffer per connection), OVERLOAD_SECONDS (60), OVERLOAD_WARMUP (3), OVERLOAD_MACHINES (500), ORCHARD_* (passed
 # to the daemon), OVERLOAD_ORCHARD / OVERLOAD_LOADGEN (binaries; default target/release/…,
 # built here unless given). The server is pinned to CPU 0, both clients to CPU 1.
 set -uo pipefail
@@ -67,6 +67,7 @@ for RATE in "${RATES[@]}"; do
     fi
     taskset -c 1 "$LOADGEN" stream --url "ws://127.0.0.1:$PORT/ws/machines/global" --token "$TOKEN" \
         --count "$((CLIENTS - NODE_CLIENTS))" --seconds "$SECONDS_" --warmup "$WARMUP" \
+        --read-buffer "${OVERLOAD_READ_BUFFER:-65536}" \
         --server-pid "$PID" --label "orchard-$RATE" --scenario overload --json-out "$WORK/loadgen.jsonl" \
         >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" || { cat "$WORK/loadgen.err" >&2; exit 1; }
     [ -n "$NODE_PID" ] && wait "$NODE_PID"

@@ -49,6 +49,9 @@ pub struct StreamArgs {
     /// `flood … wait` begin flooding then, so that connecting is not starved).
     #[arg(long)]
     start_signal: bool,
+    /// Read buffer of each connection, bytes.
+    #[arg(long, default_value_t = 4096)]
+    read_buffer: usize,
 }
 
 #[derive(Default)]
@@ -179,6 +182,7 @@ async fn slow_end(mut ws: Ws, limit: Duration) -> String {
 }
 
 pub async fn run(args: StreamArgs) -> Result<(), String> {
+    ws::set_read_buffer(args.read_buffer);
     let url = ws::with_token(&args.url, args.token.as_deref());
     let pid = args.common.pid();
     let shared: SharedRef = Rc::default();

@@ -10,11 +10,20 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The read buffer of every connection this process opens (`stream --read-buffer`).
+static READ_BUFFER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4096);
+
+/// Sets the read buffer of the connections opened from now on.
+pub fn set_read_buffer(bytes: usize) {
+    READ_BUFFER.store(bytes.max(256), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// tungstenite reserves (and zero-fills) its read buffer per connection: 128 KiB by default,
-/// which would cost this client ~128 MB and a third of its CPU for 1,000 sockets.
+/// which would cost this client ~128 MB and a third of its CPU for 1,000 sockets; 4 KiB unless
+/// set otherwise (a larger one reads a backlog in fewer system calls).
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER.load(std::sync::atomic::Ordering::Relaxed))
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20))
 }
