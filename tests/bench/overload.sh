@@ -13,7 +13,10 @@
 # Settings (environment): OVERLOAD_CLIENTS (1000, Node's included), OVERLOAD_NODE_CLIENTS
 # (100), OVERLOAD_READ_BUFFER (65536: loadgen's read buffer per connection), OVERLOAD_SECONDS (60), OVERLOAD_WARMUP (3), OVERLOAD_MACHINES (500), ORCHARD_* (passed
 # to the daemon), OVERLOAD_ORCHARD / OVERLOAD_LOADGEN (binaries; default target/release/…,
-# built here unless given). The server is pinned to CPU 0, both clients to CPU 1.
+# built here unless given), OVERLOAD_SERVER_CPU_PCT (unset: the whole of CPU 0; a number: the
+# daemon gets at most that share of one CPU, through a cgroup (v1 cpu controller) made for the
+# run and removed after it, so that the daemon, not the clients, is what cannot keep up).
+# The server is pinned to CPU 0, both clients to CPU 1.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,7 +42,19 @@ mkdir -p "$HERE/results"
 OUT=$HERE/results/overload.jsonl
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/orchard-overload.XXXXXX")
 PID=""
-trap '[ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+CG=""
+if [ -n "${OVERLOAD_SERVER_CPU_PCT:-}" ]; then
+    CG=/sys/fs/cgroup/cpu/orchard-overload-$$
+    mkdir "$CG" || exit 1
+    echo 100000 >"$CG/cpu.cfs_period_us"
+    echo "$((OVERLOAD_SERVER_CPU_PCT * 1000))" >"$CG/cpu.cfs_quota_us"
+fi
+cleanup() {
+    [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+    [ -n "$CG" ] && rmdir "$CG" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export OVERLOAD_PASSWORD="overload-$$-$RANDOM$RANDOM"
 
@@ -48,10 +63,12 @@ for RATE in "${RATES[@]}"; do
     while (: >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((PORT + 1)); done
     rm -rf "$WORK/data" "$WORK/plugins"
     mkdir -p "$WORK/data" "$WORK/plugins"
+    # The daemon joins the cgroup (if any) before it starts a thread.
     taskset -c 0 env ORCHARD_ADMIN_PASSWORD="$OVERLOAD_PASSWORD" ORCHARD_PLUGINS_DIR="$WORK/plugins" \
         ORCHARD_SIMULATOR_MACHINES="$MACHINES" ORCHARD_SIMULATOR_CHURN_PER_SECOND="$RATE" \
         ORCHARD_SIMULATOR_BOOT_MS=50 ORCHARD_SIMULATOR_SHUTDOWN_MS=50 \
-        ORCHARD_AUTH_LOGIN_MAX_FAILURES=1000 \
+        ORCHARD_AUTH_LOGIN_MAX_FAILURES=1000 CG="$CG" \
+        sh -c '[ -z "$CG" ] || echo $$ >"$CG/cgroup.procs"; exec "$0" "$@"' \
         "$ORCHARD" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" >"$WORK/server.log" 2>&1 &
     PID=$!
     for _ in $(seq 1200); do grep -q "listening on" "$WORK/server.log" && break; sleep 0.1; done
