@@ -11,7 +11,9 @@
 #   tests/bench/overload.sh [RATE ...]       default: 125 250 500 1000 restarts/s
 #
 # Settings (environment): OVERLOAD_CLIENTS (1000, Node's included), OVERLOAD_NODE_CLIENTS
-# (100), OVERLOAD_READ_BUFFER (65536: loadgen's read buffer per connection), OVERLOAD_SECONDS (60), OVERLOAD_WARMUP (3), OVERLOAD_MACHINES (500), ORCHARD_* (passed
+# (100), OVERLOAD_READ_BUFFER (65536: loadgen's read buffer per connection), OVERLOAD_RAW (1:
+# loadgen reads with its minimal frame parser, `stream --raw`, so that it costs far less per
+# message than the daemon; 0: through tungstenite), OVERLOAD_SECONDS (60), OVERLOAD_WARMUP (3), OVERLOAD_MACHINES (500), ORCHARD_* (passed
 # to the daemon), OVERLOAD_ORCHARD / OVERLOAD_LOADGEN (binaries; default target/release/…,
 # built here unless given), OVERLOAD_SERVER_CPU_PCT (unset: the whole of CPU 0; a number: the
 # daemon gets at most that share of one CPU, through a cgroup (v1 cpu controller) made for the
@@ -28,6 +30,7 @@ WARMUP=${OVERLOAD_WARMUP:-3}
 MACHINES=${OVERLOAD_MACHINES:-500}
 RATES=("$@")
 [ ${#RATES[@]} -gt 0 ] || RATES=(125 250 500 1000)
+RAW=$([ "${OVERLOAD_RAW:-1}" = 1 ] && echo 1)
 ORCHARD=${OVERLOAD_ORCHARD:-}
 LOADGEN=${OVERLOAD_LOADGEN:-}
 if [ -z "$ORCHARD" ] || [ -z "$LOADGEN" ]; then
@@ -84,7 +87,7 @@ for RATE in "${RATES[@]}"; do
     fi
     taskset -c 1 "$LOADGEN" stream --url "ws://127.0.0.1:$PORT/ws/machines/global" --token "$TOKEN" \
         --count "$((CLIENTS - NODE_CLIENTS))" --seconds "$SECONDS_" --warmup "$WARMUP" \
-        --read-buffer "${OVERLOAD_READ_BUFFER:-65536}" \
+        --read-buffer "${OVERLOAD_READ_BUFFER:-65536}" ${RAW:+--raw} \
         --server-pid "$PID" --label "orchard-$RATE" --scenario overload --json-out "$WORK/loadgen.jsonl" \
         >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" || { cat "$WORK/loadgen.err" >&2; exit 1; }
     [ -n "$NODE_PID" ] && wait "$NODE_PID"

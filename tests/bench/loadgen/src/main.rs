@@ -10,6 +10,7 @@ mod idle;
 mod lifecycle;
 mod logins;
 mod procfs;
+mod raw;
 mod report;
 mod stream;
 mod ts;

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::hist::Histogram;
 use crate::lifecycle::Lifecycle;
 use crate::procfs::{Mark, Span, rss_kib};
+use crate::raw;
 use crate::ts::{message_type, now_ns, timestamp_ns};
 use crate::ws::{self, Ws};
 use crate::{Common, finish, round, table};
@@ -52,6 +53,9 @@ pub struct StreamArgs {
     /// Read buffer of each connection, bytes.
     #[arg(long, default_value_t = 4096)]
     read_buffer: usize,
+    /// Read with the minimal parser of `raw.rs` instead of tungstenite (the fast clients).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Default)]
@@ -135,36 +139,51 @@ impl Shared {
 
 type SharedRef = Rc<RefCell<Shared>>;
 
+/// A client connection: through tungstenite, or the minimal reader (`--raw`).
+enum Opened {
+    Ws(Box<Ws>),
+    Raw(tokio::net::TcpStream),
+}
+
+/// Records one message and checks its lifecycle order for this client.
+fn account(shared: &SharedRef, check: &mut Lifecycle, d: &[u8]) {
+    let (events, gaps) = (check.events, check.gaps);
+    if let Some(kind) = message_type(d) {
+        check.see(kind, d);
+    }
+    let mut s = shared.borrow_mut();
+    s.on_message(d);
+    s.lifecycle_events += check.events - events;
+    if check.gaps > gaps {
+        s.lifecycle_gaps += check.gaps - gaps;
+        if gaps == 0 {
+            s.clients_with_gaps += 1;
+        }
+    }
+}
+
 /// Reads, records and checks the lifecycle order until the socket ends.
 async fn reader(mut ws: Ws, shared: SharedRef) {
     let mut check = Lifecycle::default();
     loop {
         let item = ws.next().await;
-        let data: Option<&[u8]> = match &item {
-            Some(Ok(Message::Text(t))) => Some(t.as_bytes()),
-            Some(Ok(Message::Binary(b))) => Some(b),
-            _ => None,
-        };
-        if let Some(d) = data {
-            let (events, gaps) = (check.events, check.gaps);
-            if let Some(kind) = message_type(d) {
-                check.see(kind, d);
-            }
-            let mut s = shared.borrow_mut();
-            s.on_message(d);
-            s.lifecycle_events += check.events - events;
-            if check.gaps > gaps {
-                s.lifecycle_gaps += check.gaps - gaps;
-                if gaps == 0 {
-                    s.clients_with_gaps += 1;
-                }
-            }
+        match &item {
+            Some(Ok(Message::Text(t))) => account(&shared, &mut check, t.as_bytes()),
+            Some(Ok(Message::Binary(b))) => account(&shared, &mut check, b),
+            _ => {}
         }
         if let Some(end) = ws::end_of(item) {
             *shared.borrow_mut().ended.entry(end).or_default() += 1;
             return;
         }
     }
+}
+
+/// The same with the minimal reader of `raw.rs` (`--raw`).
+async fn raw_reader(tcp: tokio::net::TcpStream, buf: usize, shared: SharedRef) {
+    let mut check = Lifecycle::default();
+    let end = raw::read_all(tcp, buf, |d| account(&shared, &mut check, d)).await;
+    *shared.borrow_mut().ended.entry(end).or_default() += 1;
 }
 
 /// After the window: a slow client reads again for up to `limit` to see how it was treated.
@@ -202,23 +221,28 @@ pub async fn run(args: StreamArgs) -> Result<(), String> {
             slow_socks.clone(),
         );
         let slow = is_slow(i);
+        let (raw_mode, read_buffer) = (args.raw, args.read_buffer);
         tokio::task::spawn_local(async move {
             let opened = {
                 let _permit = gate.acquire().await;
                 if slow {
-                    ws::connect_slow(&url).await
+                    ws::connect_slow(&url)
+                        .await
+                        .map(|w| Opened::Ws(Box::new(w)))
+                } else if raw_mode {
+                    raw::connect(&url).await.map(Opened::Raw)
                 } else {
-                    ws::connect(&url).await
+                    ws::connect(&url).await.map(|w| Opened::Ws(Box::new(w)))
                 }
             };
             match opened {
                 Ok(sock) => {
                     shared.borrow_mut().connected += 1;
                     done.notify_one();
-                    if slow {
-                        slow_socks.borrow_mut().push(sock);
-                    } else {
-                        reader(sock, shared).await;
+                    match sock {
+                        Opened::Ws(sock) if slow => slow_socks.borrow_mut().push(*sock),
+                        Opened::Ws(sock) => reader(*sock, shared).await,
+                        Opened::Raw(tcp) => raw_reader(tcp, read_buffer, shared).await,
                     }
                 }
                 Err(e) => {
