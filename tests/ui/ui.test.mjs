@@ -197,6 +197,15 @@ async function run() {
   await dlg.locator('button[type=submit]').click();
   await page.waitForSelector(`tr[data-user="${user}"]`);
   await shot(page, '06-users');
+  // A client account is not offered user-management permissions (the server refuses them).
+  await page.click(`button[aria-label="Edit ${user}"]`);
+  dlg = page.locator('dialog[open]');
+  await dlg.locator('input[type=checkbox][value="ACCESS_CONSOLE"]').waitFor();
+  for (const p of ['MANAGE_CLIENT_USERS', 'MANAGE_ADMIN_USERS', 'CHANGE_CLIENT_PASSWORD', 'CHANGE_ADMIN_PASSWORD']) {
+    check(await dlg.locator(`input[type=checkbox][value="${p}"]`).count() === 0, `${p} offered for a client`);
+  }
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('dialog[open]', { state: 'detached' });
   await page.goto(`${URL}#/machines`);
   await card(page, running).locator('a.machine-link').click();
   await page.click('#assign-client');

@@ -8,16 +8,22 @@ export const PERMISSIONS = [
   ['VIEW_ALL_VMS', 'See every machine and the host'],
   ['MANAGE_ALL_VMS', 'Create and control every machine'],
   ['ACCESS_CONSOLE', 'Open machine consoles'],
-  ['MANAGE_CLIENT_USERS', 'Manage client accounts'],
-  ['MANAGE_ADMIN_USERS', 'Manage administrator accounts'],
-  ['CHANGE_CLIENT_PASSWORD', 'Set client passwords'],
-  ['CHANGE_ADMIN_PASSWORD', 'Set administrator passwords'],
+  ['MANAGE_CLIENT_USERS', 'Manage client accounts (administrators only)'],
+  ['MANAGE_ADMIN_USERS', 'Manage administrator accounts (administrators only)'],
+  ['CHANGE_CLIENT_PASSWORD', 'Set client passwords (administrators only)'],
+  ['CHANGE_ADMIN_PASSWORD', 'Set administrator passwords (administrators only)'],
   ['MANAGE_ISO_FILES', 'Manage ISO files'],
   ['MANAGE_SYSTEM_RESOURCES', 'Manage system resources and agents'],
   ['EXECUTE_COMMANDS', 'Run commands on hosts'],
 ];
 
-const permOptions = () => PERMISSIONS.filter(([p]) => session.can(p)).map(([p, d]) => ({ value: p, label: `${p} — ${d}` }));
+// Only administrators may hold these; the server refuses them for a client account (400).
+const USER_MANAGEMENT = ['MANAGE_CLIENT_USERS', 'MANAGE_ADMIN_USERS', 'CHANGE_CLIENT_PASSWORD', 'CHANGE_ADMIN_PASSWORD'];
+
+// The permissions this session may grant; for a client account, without user management.
+const permOptions = (accountType) => PERMISSIONS
+  .filter(([p]) => session.can(p) && !(accountType === 'client' && USER_MANAGEMENT.includes(p)))
+  .map(([p, d]) => ({ value: p, label: `${p} — ${d}` }));
 
 export function usersPage(main) {
   const box = h('section.card');
@@ -44,7 +50,7 @@ export function usersPage(main) {
     formDialog({
       title: `Edit ${u.username}`,
       fields: [
-        { name: 'permissions', label: 'Permissions', type: 'checks', options: permOptions(), value: u.permissions },
+        { name: 'permissions', label: 'Permissions', type: 'checks', options: permOptions(u.account_type), value: u.permissions.filter((p) => u.account_type !== 'client' || !USER_MANAGEMENT.includes(p)) },
         { name: 'disabled', label: 'State', type: 'select', value: String(u.disabled), options: [{ value: 'false', label: 'Enabled' }, { value: 'true', label: 'Disabled (cannot sign in)' }] },
         { name: 'password', label: 'New password', type: 'password', autocomplete: 'new-password', help: 'Leave empty to keep the current one' },
       ],
