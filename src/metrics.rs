@@ -113,6 +113,23 @@ struct PollLabels {
     poll: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Why the listener closed a connection at admission (`server::conns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shed {
+    /// An open connection that was not producing a response, for a newcomer (every place
+    /// taken).
+    Evicted,
+    /// A newcomer over `http.max_connections_per_ip`.
+    PerIp,
+    /// A newcomer when every place was taken and every holder was producing a response.
+    Full,
+}
+
 /// How a login attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Login {
@@ -198,6 +215,7 @@ pub struct Metrics {
     registry: Registry,
     ws: Vec<WsMeter>,
     logins: Family<ResultLabel, Counter>,
+    shed: Family<ReasonLabel, Counter>,
     poll_duration: Family<PollLabels, Histogram, fn() -> Histogram>,
     poll_errors: Family<PollLabels, Counter>,
     backend_up: Family<PluginLabel, Gauge>,
@@ -271,6 +289,15 @@ impl Metrics {
             logins.get_or_create_owned(&ResultLabel { result });
         }
         o.register("logins", "Login attempts, by result", logins.clone());
+        let shed = Family::<ReasonLabel, Counter>::default();
+        for reason in ["evicted", "per_ip", "full"] {
+            shed.get_or_create_owned(&ReasonLabel { reason });
+        }
+        o.register(
+            "http_connections_shed",
+            "HTTP connections closed at admission: evicted for a newcomer, or a newcomer refused (per_ip, full)",
+            shed.clone(),
+        );
         let poll_duration: Family<PollLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         o.register_with_unit(
@@ -342,6 +369,7 @@ impl Metrics {
             .unwrap_or(Duration::ZERO);
         start_time.set(now.as_secs_f64());
         Arc::new(Self {
+            shed,
             registry,
             ws,
             logins,
@@ -361,6 +389,16 @@ impl Metrics {
     pub fn ws(&self, api: Api) -> WsMeter {
         let i = Api::ALL.iter().position(|&a| a == api).unwrap_or(0);
         self.ws[i].clone()
+    }
+
+    /// A connection closed at admission.
+    pub fn connection_shed(&self, why: Shed) {
+        let reason = match why {
+            Shed::Evicted => "evicted",
+            Shed::PerIp => "per_ip",
+            Shed::Full => "full",
+        };
+        self.shed.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn login(&self, result: Login) {

@@ -30,6 +30,7 @@ use tower_service::Service;
 use warp::http::{HeaderValue, Request, Version, header};
 use warp::reply::Response;
 
+use crate::metrics::Shed;
 use crate::state::AppState;
 
 /// The peer address of the connection a request came on (a request extension).
@@ -175,11 +176,16 @@ pub async fn serve(
         let conn = match conns.admit(peer.ip()) {
             Ok(admitted) => {
                 if let Some(victim) = admitted.evicted {
+                    state.metrics.connection_shed(Shed::Evicted);
                     tracing::debug!(%peer, %victim, "every connection place taken; evicted one");
                 }
                 admitted.conn
             }
             Err(refused) => {
+                state.metrics.connection_shed(match refused {
+                    conns::Refused::PerAddress => Shed::PerIp,
+                    conns::Refused::Full => Shed::Full,
+                });
                 tracing::debug!(%peer, ?refused, "connection refused: too many open");
                 continue;
             }

@@ -135,6 +135,7 @@ fn assert_bounded_labels(s: &Scrape, secrets: &[&str]) {
                 "code" => v == "other" || (v.len() == 4 && v.bytes().all(|b| b.is_ascii_digit())),
                 "result" => ["success", "failure", "rate_limited"].contains(&v.as_str()),
                 "poll" => ["state", "connections", "disks"].contains(&v.as_str()),
+                "reason" => ["evicted", "per_ip", "full"].contains(&v.as_str()),
                 "plugin" => v == "simulator",
                 "le" => v == "+Inf" || v.parse::<f64>().is_ok(),
                 _ => false,

@@ -806,6 +806,25 @@ async fn stalled_request_bodies_cannot_hold_every_place_healthz_and_login_still_
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} kB to {rss_after} kB"
     );
+    // What was shed is counted: every close without an answer the stalling clients saw is
+    // an eviction or a refusal over the per-address cap (a reconnecting staller can find its
+    // address full), and there was at least the refusal above.
+    let metrics = d.get("/metrics", None).await.text;
+    let shed = |reason: &str| -> u64 {
+        let key = format!("orchard_http_connections_shed_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in /metrics"))
+    };
+    let (by_eviction, per_ip) = (shed("evicted"), shed("per_ip"));
+    assert!(per_ip >= 1, "the refusal over the per-address cap");
+    assert!(by_eviction > 100, "evictions counted: {by_eviction}");
+    assert!(
+        by_eviction + per_ip >= evicted as u64,
+        "sheddings counted ({by_eviction} evicted + {per_ip} per address) < the {evicted} the clients saw"
+    );
     admin_still_works(&d).await;
 }
 
