@@ -421,17 +421,8 @@ fn count<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 #[cfg(test)]
 mod tests {
+    use super::testutil::temp_path;
     use super::*;
-
-    fn temp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "orchard-db-{}-{}-{name}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("orchard.redb")
-    }
 
     #[test]
     fn fresh_database_is_at_current_version_and_reopens() {
